@@ -1,0 +1,43 @@
+# cortexd: `make run` serves examples/ on http://localhost:8888, `make test` runs the tests.
+# Both create the virtual environment first (.venv, everything installed from the package index).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8888
+
+.PHONY: venv run test test-fast test-slow test-gpu bench deb examples clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,tensorflow,s3]'
+	touch $@
+
+# Models the examples need that are built locally rather than committed.
+examples: venv
+	$(PY) examples/build_models.py
+
+run: venv examples
+	$(VENV)/bin/cortexd serve --config examples/cortex.yaml --port $(PORT) \
+		--state-dir .cortexd/state --log-dir .cortexd/log
+
+# Fast tests first (pure tables, in-process), then the ones that start real daemons.
+test: venv
+	$(PY) -m pytest -q -m "not slow and not gpu"
+	$(PY) -m pytest -q -m "slow and not gpu"
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow and not gpu"
+
+test-slow: venv
+	$(PY) -m pytest -q -m "slow and not gpu"
+
+# On a machine with an NVIDIA GPU: the tests marked gpu, which skip where NVML finds none.
+test-gpu: venv
+	$(PY) -m pytest -q -rs -m gpu
+
+clean:
+	rm -rf .cortexd dist build *.egg-info

@@ -1,0 +1,3 @@
+from cortexd.cli import main
+
+main()

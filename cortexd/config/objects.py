@@ -1,0 +1,53 @@
+"""The validated configuration, as the daemon uses it. Defaults come from the schema table."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cortexd.config.schema import COMPUTE_KEYS, default_of
+
+
+@dataclass(frozen=True)
+class Compute:
+    min_replicas: int = default_of(COMPUTE_KEYS, "min_replicas")
+    max_replicas: int = default_of(COMPUTE_KEYS, "max_replicas")
+    # The schema's default for init_replicas is "min_replicas"; 1 is that for the default min.
+    init_replicas: int = default_of(COMPUTE_KEYS, "min_replicas")
+    target_cpu_utilization: int = default_of(COMPUTE_KEYS, "target_cpu_utilization")  # percent of the cpu request
+    cpu: float = default_of(COMPUTE_KEYS, "cpu")   # cores
+    gpu: int = default_of(COMPUTE_KEYS, "gpu")
+    mem: int | None = default_of(COMPUTE_KEYS, "mem")  # bytes
+
+
+@dataclass(frozen=True)
+class Tracker:
+    model_type: str                     # "classification" | "regression"
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    kind: str                           # "python" | "onnx" | "tensorflow"
+    predictor: str | None               # absolute path of the predictor file (required for python)
+    model: str | None                   # local model: absolute path; remote: the URL as written
+    signature_key: str | None           # tensorflow only
+    config: dict[str, Any]              # the section's config, else the API's metadata, else {}
+
+
+@dataclass(frozen=True)
+class Api:
+    name: str
+    endpoint: str                       # normalised, e.g. "/iris-deployment/iris"
+    python_path: str                    # absolute folder prepended to sys.path in the replica
+    predictor: PredictorSpec
+    tracker: Tracker | None
+    compute: Compute
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str                           # absolute path of cortex.yaml
+    project_dir: str                    # folder holding cortex.yaml
+    deployment: str
+    apis: tuple[Api, ...]

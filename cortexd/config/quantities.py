@@ -1,0 +1,139 @@
+"""Resource quantities of cortex.yaml's `compute` section: cpu in cores, mem in bytes.
+
+Cortex took its syntax from Kubernetes resource quantities, so we follow those rules
+(suffixes are case-sensitive; `k` is kilo; `Ki` is 1024), with two kindnesses for users:
+`K` is accepted as kilo because Cortex's own docs write `K`, and memory values with a
+suffix that Kubernetes would read very differently from what the user meant (Docker's
+`512m`, `1g`, `1GB`) are rejected with a suggestion instead of silently meaning
+0.512 bytes.
+"""
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal, DecimalException
+
+CPU_ACCEPTED = 'cores as a number (2, 0.5) or a string ("1", "0.5", "200m" = 0.2 cores)'
+MEM_ACCEPTED = (
+    'bytes as an integer (134217728), a number with an exponent ("129e6"), or a number with a '
+    'suffix: K M G T P E (powers of 1000) or Ki Mi Gi Ti Pi Ei (powers of 1024), e.g. "512Mi", "1G"'
+)
+
+# The largest quantity Kubernetes represents; anything above is certainly a typo.
+_MAX_BYTES = 2**63 - 1
+
+_CPU_RE = re.compile(r"^(?P<num>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?P<milli>m)?$")
+_MEM_RE = re.compile(
+    r"^(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?:(?P<suffix>[A-Za-z]+)|[eE](?P<exp>[+-]?[0-9]+))?$"
+)
+
+_MEM_SUFFIXES: dict[str, int] = {
+    "": 1,
+    "k": 10**3,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+# Kubernetes' sub-unit suffixes: valid for cpu, nonsense for memory.
+_FRACTION_SUFFIXES: dict[str, int] = {"m": 1000, "u": 10**6, "n": 10**9}
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return repr(value)
+
+
+def parse_cpu(value: object) -> float:
+    """Cores requested: 2 -> 2.0, 0.5 -> 0.5, "1" -> 1.0, "200m" -> 0.2. Raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected {CPU_ACCEPTED}, got {_describe(value)}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"must be > 0 cores, got {value}; expected {CPU_ACCEPTED}")
+        return float(value)
+    text = value.strip()
+    match = _CPU_RE.match(text)
+    if match is None:
+        hint = ' ("m" is milli and lowercase)' if text.endswith("M") else ""
+        raise ValueError(f"expected {CPU_ACCEPTED}, got {_describe(value)}{hint}")
+    cores = Decimal(match["num"])
+    if match["milli"]:
+        cores /= 1000
+    if cores <= 0:
+        raise ValueError(f"must be > 0 cores, got {_describe(value)}")
+    return float(cores)
+
+
+def _mem_suffix_hint(number: str, suffix: str) -> str:
+    """A suggestion for a suffix that is not a Kubernetes memory suffix (or means milli)."""
+    stem = suffix[:-1] if suffix.lower().endswith("b") and len(suffix) > 1 else suffix
+    if suffix.lower() in ("ib", "b"):
+        return f'; write plain bytes: "{number}"'
+    if stem.lower().endswith("i"):
+        unit = stem[:-1].upper()
+        if unit in ("K", "M", "G", "T", "P", "E"):
+            return f'; did you mean "{number}{unit}i"?'
+    unit = stem.upper()
+    if unit in ("K", "M", "G", "T", "P", "E"):
+        return f'; did you mean "{number}{unit}" or "{number}{unit}i"?'
+    return ""
+
+
+def parse_mem(value: object) -> int:
+    """Bytes requested: 1000 -> 1000, "1G" -> 10**9, "1Gi" -> 2**30, "129e6" -> 129000000.
+
+    Fractional bytes round up, as Kubernetes does. Raises ValueError.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected {MEM_ACCEPTED}, got {_describe(value)}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"must be > 0 bytes, got {value}")
+        if value > _MAX_BYTES:
+            raise ValueError(f"must be at most {_MAX_BYTES} bytes, got {value}")
+        return math.ceil(Decimal(value))
+    text = value.strip()
+    match = _MEM_RE.match(text)
+    if match is None:
+        raise ValueError(f"expected {MEM_ACCEPTED}, got {_describe(value)}")
+    suffix = match["suffix"] or ""
+    if suffix not in _MEM_SUFFIXES:
+        if suffix in _FRACTION_SUFFIXES:
+            # Kubernetes reads "512m" as 0.512 bytes; a user who writes it means megabytes.
+            hint = f' ("{text}" would mean {match["num"]}/{_FRACTION_SUFFIXES[suffix]} of a byte'
+            hint += f'; did you mean "{match["num"]}M" or "{match["num"]}Mi"?)' if suffix == "m" else ")"
+        else:
+            hint = _mem_suffix_hint(match["num"], suffix)
+        raise ValueError(f'unknown memory suffix "{suffix}" in "{text}"{hint}; expected {MEM_ACCEPTED}')
+    try:
+        amount = Decimal(match["num"]) * _MEM_SUFFIXES[suffix]
+        if match["exp"] is not None:
+            amount = amount.scaleb(int(match["exp"]))
+    except (DecimalException, ValueError):
+        raise ValueError(f"{_describe(value)} is out of range; expected {MEM_ACCEPTED}") from None
+    if amount <= 0:
+        raise ValueError(f"must be > 0 bytes, got {_describe(value)}")
+    if amount > _MAX_BYTES:
+        raise ValueError(f"must be at most {_MAX_BYTES} bytes, got {_describe(value)}")
+    return math.ceil(amount)

@@ -1,0 +1,88 @@
+"""Per-API log files: replica output and the daemon's messages about the API.
+
+Lines are prefixed with the time and the replica id (or "cortexd"), written to
+<log_dir>/<api>.log and rotated by size. The last lines of each replica are also kept in
+memory, so a crash's reason (its traceback) can go into the API's last_error.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from typing import IO
+
+MAX_BYTES = 10 * 1024 * 1024
+BACKUPS = 3
+TAIL_LINES = 40
+
+
+def log_path(log_dir: str, api: str) -> str:
+    return os.path.join(log_dir, f"{api}.log")
+
+
+class ApiLogs:
+    def __init__(self, log_dir: str, max_bytes: int = MAX_BYTES, backups: int = BACKUPS) -> None:
+        self.log_dir = log_dir
+        os.makedirs(log_dir, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._files: dict[str, IO[str]] = {}
+        self._tails: dict[str, deque[str]] = {}
+
+    def write(self, api: str, source: str, line: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
+        f = self._file(api)
+        f.write(f"{stamp} [{source}] {line}\n")
+        f.flush()
+        if source != "cortexd":
+            tail = self._tails.get(source)
+            if tail is None:
+                tail = self._tails[source] = deque(maxlen=TAIL_LINES)
+            tail.append(line)
+        if f.tell() > self.max_bytes:
+            self._rotate(api)
+
+    def recent(self, replica_id: str) -> list[str]:
+        return list(self._tails.get(replica_id, ()))
+
+    def forget_replica(self, replica_id: str) -> None:
+        self._tails.pop(replica_id, None)
+
+    def _file(self, api: str) -> IO[str]:
+        f = self._files.get(api)
+        if f is None:
+            f = self._files[api] = open(log_path(self.log_dir, api), "a", encoding="utf-8")
+        return f
+
+    def _rotate(self, api: str) -> None:
+        self._files.pop(api).close()
+        base = log_path(self.log_dir, api)
+        for n in range(self.backups - 1, 0, -1):
+            if os.path.exists(f"{base}.{n}"):
+                os.replace(f"{base}.{n}", f"{base}.{n + 1}")
+        os.replace(base, f"{base}.1")
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def read_tail(path: str, lines: int) -> list[str]:
+    """The last `lines` lines of a file, read from the end (logs can be large)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            block = 8192
+            data = b""
+            while size > 0 and data.count(b"\n") <= lines:
+                step = min(block, size)
+                size -= step
+                f.seek(size)
+                data = f.read(step) + data
+                block *= 2
+    except FileNotFoundError:
+        return []
+    return data.decode("utf-8", "replace").splitlines()[-lines:]

@@ -1,0 +1,64 @@
+"""The control socket: the command line's only way into the daemon (a Unix socket, never TCP).
+
+One JSON request per connection, answered by JSON lines: `{"ok": true, "result": ...}` or
+`{"ok": false, "error": "..."}`; a streaming answer (logs --follow) sends `{"line": ...}`
+objects until the client hangs up. The socket is mode 0660, group `cortexd` where it exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import json
+import logging
+import os
+from typing import Any, AsyncIterator, Awaitable, Callable, Union
+
+log = logging.getLogger("cortexd.control")
+
+Result = Union[dict[str, Any], AsyncIterator[str]]
+Handler = Callable[[dict[str, Any]], Awaitable[Result]]
+
+MAX_REQUEST = 64 * 1024 * 1024  # `cortexd predict` sends its sample through here
+
+
+class ControlError(Exception):
+    """A request the daemon refuses; the message goes to the user as is."""
+
+
+async def start_control_server(path: str, handler: Handler) -> asyncio.AbstractServer:
+    if os.path.exists(path):
+        os.unlink(path)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            request = json.loads(line)
+            result = await handler(request)
+            if isinstance(result, dict):
+                writer.write(json.dumps({"ok": True, "result": result}).encode() + b"\n")
+            else:
+                async for item in result:
+                    writer.write(json.dumps({"line": item}).encode() + b"\n")
+                    await writer.drain()
+        except ControlError as exc:
+            writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception as exc:  # a bug here must not take the daemon down
+            log.exception("control request failed")
+            writer.write(json.dumps({"ok": False, "error": f"internal error: {exc}"}).encode() + b"\n")
+        finally:
+            try:
+                await writer.drain()
+                writer.close()
+            except (ConnectionError, RuntimeError):
+                pass
+
+    server = await asyncio.start_unix_server(serve, path=path, limit=MAX_REQUEST)
+    os.chmod(path, 0o660)
+    try:
+        os.chown(path, -1, grp.getgrnam("cortexd").gr_gid)
+    except (KeyError, PermissionError):
+        pass  # no cortexd group here (development, tests): the owner alone can use it
+    return server

@@ -1,0 +1,249 @@
+"""Starting replica processes and watching them from the event loop, without threads.
+
+Each replica is `python -m cortexd.replica` in a new session (so its whole process group
+can be signalled), with its GPUs in CUDA_VISIBLE_DEVICES before any CUDA library loads.
+The loop watches three descriptors per replica: a pidfd (exit), the status pipe (ready /
+load failed) and its merged stdout+stderr (lines for the API's log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Callable
+
+from cortexd.daemon.supervisor import (
+    Event,
+    ReplicaExited,
+    ReplicaLoadFailed,
+    ReplicaReady,
+    SpawnRequest,
+    Version,
+)
+from cortexd import protocol
+
+log = logging.getLogger("cortexd.spawner")
+
+MAX_LINE = 64 * 1024
+
+
+class ProcessHandle:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.pid: int | None = proc.pid
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)  # the replica leads its own process group
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+
+class ProcessSpawner:
+    def __init__(
+        self,
+        runtime_dir: str,
+        post: Callable[[Event], None],
+        output: Callable[[str, str, str], None],
+        gpu_env: Callable[[list[int]], str] = lambda gpus: ",".join(str(g) for g in gpus),
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.dir = replica_socket_dir(runtime_dir)
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self._post = post
+        self._output = output  # (api, replica_id, line)
+        self._gpu_env = gpu_env
+        self._extra_env = extra_env or {}
+        self.handles: dict[str, ProcessHandle] = {}
+
+    def socket_path(self, replica_id: str) -> str:
+        return os.path.join(self.dir, f"{replica_id}.sock")
+
+    def spawn(self, request: SpawnRequest) -> ProcessHandle:
+        loop = asyncio.get_running_loop()
+        rid = request.replica_id
+        api = request.api
+        spec_path = os.path.join(self.dir, f"{rid}.json")
+        context = {
+            "api_name": api.name,
+            "kind": api.predictor.kind,
+            "predictor_path": in_snapshot(api.predictor.predictor, request.version),
+            "model_path": in_snapshot(request.version.model_path, request.version),
+            "signature_key": api.predictor.signature_key,
+            "config": api.predictor.config,
+            "python_path": in_snapshot(api.python_path, request.version),
+            # CUDA_VISIBLE_DEVICES renumbers the chosen GPUs from 0 inside the replica.
+            "gpus": list(range(len(request.gpus))),
+            "cpu": api.compute.cpu,
+        }
+        with open(spec_path, "w") as f:
+            json.dump(context, f)
+        env = dict(os.environ)
+        env.update(self._extra_env)
+        env["CUDA_VISIBLE_DEVICES"] = self._gpu_env(request.gpus)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["CORTEXD_API"] = api.name
+        env["CORTEXD_REPLICA_ID"] = rid
+        env.pop("NOTIFY_SOCKET", None)  # only the daemon speaks to systemd
+        env.pop("WATCHDOG_USEC", None)
+        env.pop("WATCHDOG_PID", None)
+        status_r, status_w = os.pipe()
+        out_r, out_w = os.pipe()
+        python = request.version.python or sys.executable
+        try:
+            proc = subprocess.Popen(
+                [
+                    python, "-m", "cortexd.replica",
+                    "--spec", spec_path,
+                    "--socket", self.socket_path(rid),
+                    "--status-fd", str(status_w),
+                    "--parent-pid", str(os.getpid()),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=subprocess.STDOUT,
+                pass_fds=(status_w,),
+                cwd=request.version.workdir,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            os.close(status_w)
+            os.close(out_w)
+        handle = ProcessHandle(proc)
+        self.handles[rid] = handle
+        watcher = _Watcher(self, api.name, rid, proc, status_r, out_r, loop)
+        watcher.start()
+        return handle
+
+    def _exited(self, rid: str, code: int) -> None:
+        self.handles.pop(rid, None)
+        for suffix in (".json", ".sock"):
+            try:
+                os.unlink(os.path.join(self.dir, rid + suffix))
+            except OSError:
+                pass
+        self._post(ReplicaExited(rid, code))
+
+
+def replica_socket_dir(runtime_dir: str) -> str:
+    """Where replica sockets live: under the runtime directory unless that path is so long
+    that a socket name would overflow AF_UNIX's 108 bytes; then a short private folder."""
+    wanted = os.path.join(runtime_dir, "r")
+    if len(wanted) <= 60:
+        return wanted
+    digest = hashlib.sha256(os.path.abspath(runtime_dir).encode()).hexdigest()[:12]
+    return f"/tmp/cortexd-{os.getuid()}-{digest}"
+
+
+def in_snapshot(path: str | None, version: Version) -> str | None:
+    """Map a path inside the project to the same path inside the version's snapshot."""
+    if path is None or not version.project_dir:
+        return path
+    project = version.project_dir
+    if path == project or path.startswith(project + os.sep):
+        return os.path.join(version.workdir, os.path.relpath(path, project))
+    return path
+
+
+class _Watcher:
+    """Reads one replica's pipes and pidfd on the loop; posts events to the supervisor."""
+
+    def __init__(
+        self,
+        spawner: ProcessSpawner,
+        api: str,
+        rid: str,
+        proc: subprocess.Popen[bytes],
+        status_fd: int,
+        out_fd: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.spawner = spawner
+        self.api = api
+        self.rid = rid
+        self.proc = proc
+        self.status_fd = status_fd
+        self.out_fd = out_fd
+        self.loop = loop
+        self.status_buf = b""
+        self.out_buf = b""
+        self.pidfd = os.pidfd_open(proc.pid)
+
+    def start(self) -> None:
+        for fd in (self.status_fd, self.out_fd):
+            os.set_blocking(fd, False)
+        self.loop.add_reader(self.status_fd, self._on_status)
+        self.loop.add_reader(self.out_fd, self._on_output)
+        self.loop.add_reader(self.pidfd, self._on_exit)
+
+    def _read(self, fd: int) -> bytes | None:
+        """Bytes available now; b"" when none are; None at end of file."""
+        try:
+            return os.read(fd, 65536) or None
+        except BlockingIOError:
+            return b""
+        except OSError:
+            return None
+
+    def _on_status(self) -> None:
+        data = self._read(self.status_fd)
+        if data is None:  # the replica closed its end; the pidfd reports the exit
+            self.loop.remove_reader(self.status_fd)
+            return
+        self.status_buf += data
+        while b"\n" in self.status_buf:
+            line, self.status_buf = self.status_buf.split(b"\n", 1)
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("event") == protocol.EVENT_READY:
+                self.spawner._post(ReplicaReady(self.rid, msg.get("info") or {}))
+            elif msg.get("event") == protocol.EVENT_LOAD_FAILED:
+                self.spawner._post(ReplicaLoadFailed(self.rid, str(msg.get("message", ""))))
+
+    def _on_output(self, final: bool = False) -> None:
+        data = self._read(self.out_fd)
+        while data:
+            self.out_buf += data
+            if not final:
+                break
+            data = self._read(self.out_fd)  # at exit: take everything that is left
+        if data is None:
+            self.loop.remove_reader(self.out_fd)
+        lines = self.out_buf.split(b"\n")
+        self.out_buf = lines.pop()
+        if len(self.out_buf) > MAX_LINE or (final and self.out_buf):
+            lines.append(self.out_buf)
+            self.out_buf = b""
+        for raw in lines:
+            self.spawner._output(self.api, self.rid, raw.decode("utf-8", "replace"))
+
+    def _on_exit(self) -> None:
+        code = self.proc.wait()
+        self.loop.remove_reader(self.pidfd)
+        os.close(self.pidfd)
+        self._on_status()
+        self._on_output(final=True)
+        for fd in (self.status_fd, self.out_fd):
+            self.loop.remove_reader(fd)
+            os.close(fd)
+        self.spawner._exited(self.rid, code)

@@ -1,0 +1,44 @@
+"""Deriving an API's status from its facts (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LIVE = "live"
+CREATING = "creating"
+UPDATING = "updating"
+COMPUTE_UNAVAILABLE = "compute unavailable"
+ERROR = "error"
+ERROR_OOM = "error (out of memory)"
+STOPPING = "stopping"
+STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class StatusFacts:
+    stopping: bool
+    stopped: bool
+    ready: int  # ready replicas of the current version
+    min_replicas: int
+    rolling: bool  # a new version is starting beside the current one
+    error: str | None  # the API cannot start its replicas (repeated load failures, a failed env)
+    oom: bool  # a replica was stopped for memory and the API is short of replicas because of it
+    compute_unavailable: str | None  # replicas wait for GPUs/CPU/memory
+
+
+def derive_status(f: StatusFacts) -> str:
+    if f.stopped:
+        return STOPPED
+    if f.stopping:
+        return STOPPING
+    if f.rolling:
+        return UPDATING
+    if f.ready >= f.min_replicas:
+        return LIVE
+    if f.oom:
+        return ERROR_OOM
+    if f.error:
+        return ERROR
+    if f.compute_unavailable:
+        return COMPUTE_UNAVAILABLE
+    return CREATING

@@ -1,0 +1,3 @@
+from cortexd.replica.main import main
+
+main()

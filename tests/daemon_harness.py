@@ -1,0 +1,218 @@
+"""Starting a real `cortexd serve` for integration tests, and talking to it over real HTTP.
+
+Every wait here is on a condition with a deadline; nothing sleeps a fixed time to hope.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from cortexd import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = cond()
+            if value:
+                return value
+        except Exception as exc:  # a daemon still starting refuses connections
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Client:
+    """A keep-alive HTTP client for one thread."""
+
+    def __init__(self, port: int, timeout: float = 60.0) -> None:
+        self.port = port
+        self.timeout = timeout
+        self.conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: bytes | str | None = None, headers: dict[str, str] | None = None) -> Response:
+        if isinstance(body, str):
+            body = body.encode()
+        for attempt in range(2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            try:
+                self.conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+                resp = self.conn.getresponse()
+                data = resp.read()
+                result = Response(resp.status, data, {k.lower(): v for k, v in resp.getheaders()})
+                if resp.getheader("connection", "").lower() == "close":
+                    self.close()
+                return result
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                # A keep-alive connection the server closed between requests: reconnect once.
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def post(self, path: str, body: Any) -> Response:
+        return self.request("POST", path, body if isinstance(body, (bytes, str)) else json.dumps(body))
+
+    def get(self, path: str) -> Response:
+        return self.request("GET", path)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class Daemon:
+    """A real `cortexd serve` on a project folder, on a free loopback port."""
+
+    def __init__(self, project: str, base: str, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+        self.project = project
+        self.base = base
+        self.port = free_port()
+        self.runtime_dir = os.path.join(base, "run")
+        self.state_dir = os.path.join(base, "state")
+        self.log_dir = os.path.join(base, "log")
+        self.env = {**os.environ, **(env or {})}
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr_path = os.path.join(base, "daemon.stderr")
+
+    def start(self, wait_live: bool = True, timeout: float = 60.0) -> "Daemon":
+        os.makedirs(self.base, exist_ok=True)
+        stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "cortexd", "serve",
+                "--config", os.path.join(self.project, "cortex.yaml"),
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--runtime-dir", self.runtime_dir, "--state-dir", self.state_dir, "--log-dir", self.log_dir,
+                *self.args,
+            ],
+            stdout=stderr,
+            stderr=stderr,
+            env=self.env,
+            cwd=self.base,
+        )
+        stderr.close()
+        wait_for(self._listening, timeout=30, what="the daemon to listen")
+        if wait_live:
+            self.wait_all_live(timeout)
+        return self
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.stderr()}")
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            pass
+        return os.path.exists(os.path.join(self.runtime_dir, "control.sock"))
+
+    def stderr(self) -> str:
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def control(self, request: dict[str, Any]) -> Any:
+        return cli.call(self.runtime_dir, request)
+
+    def get(self, api: str | None = None) -> Any:
+        return self.control({"cmd": "get", "api": api})
+
+    def status(self, api: str) -> str:
+        return self.get(api)["status"]
+
+    def wait_status(self, api: str, status: str, timeout: float = 60.0) -> dict[str, Any]:
+        return wait_for(lambda: (v := self.get(api))["status"] == status and v, timeout, what=f"{api} to be {status}")
+
+    def wait_all_live(self, timeout: float = 60.0) -> None:
+        wait_for(lambda: all(a["status"] == "live" for a in self.get()["apis"]), timeout, 0.1, what="all APIs live")
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cortexd", *args],
+            capture_output=True, text=True, timeout=timeout,
+            env={**self.env, "CORTEXD_RUNTIME_DIR": self.runtime_dir},
+        )
+
+    def client(self) -> Client:
+        return Client(self.port)
+
+    def replica_pids(self, api: str) -> list[int]:
+        return [r["pid"] for r in self.get(api)["replicas"] if r["pid"]]
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.stderr()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def write_project(root: str, yaml_text: str, files: dict[str, str]) -> str:
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "cortex.yaml"), "w") as f:
+        f.write(textwrap.dedent(yaml_text))
+    for name, content in files.items():
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(content))
+    return root
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0): look at its state.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
