@@ -19,7 +19,10 @@ from cortexd import __version__
 from cortexd.config import Api, Config, ConfigError, load_config
 from cortexd.daemon import status as st
 from cortexd.daemon.api_logs import ApiLogs, log_path, read_tail
+from cortexd.daemon.autoscale import AutoscaleSettings
+from cortexd.daemon.compute import ComputeManager, Usage
 from cortexd.daemon.control import ControlError, start_control_server
+from cortexd.daemon.gpus import Nvml
 from cortexd.daemon.latency import LatencyStats
 from cortexd.daemon.procstats import ProcessSampler
 from cortexd.daemon.proxy import Proxy, ProxySettings
@@ -61,20 +64,31 @@ class ApiRecord:
 
 
 class Daemon:
-    def __init__(self, settings: DaemonSettings) -> None:
+    def __init__(self, settings: DaemonSettings, nvml: Nvml) -> None:
         self.settings = settings
         self.config: Config | None = None
         self.records: dict[str, ApiRecord] = {}
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.stop_requested = asyncio.Event()
         self.sampler = ProcessSampler()
-        self.replica_usage: dict[str, tuple[float, int]] = {}
+        self.replica_usage: dict[str, Usage] = {}
         self._version_counter = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         for d in (settings.state_dir, settings.runtime_dir, settings.log_dir):
             os.makedirs(d, exist_ok=True)
         self.logs = ApiLogs(settings.log_dir)
-        self.spawner = ProcessSpawner(settings.runtime_dir, post=self.post, output=self._replica_output)
+        self.compute = ComputeManager(
+            nvml,
+            settings=AutoscaleSettings(
+                period_s=settings.autoscale_period_s, downscale_window_s=settings.downscale_window_s
+            ),
+        )
+        self.spawner = ProcessSpawner(
+            settings.runtime_dir,
+            post=self.post,
+            output=self._replica_output,
+            gpu_env=self.compute.cuda_visible_devices,
+        )
         self.proxy = Proxy(
             ProxySettings(
                 request_timeout_s=settings.request_timeout_s,
@@ -89,6 +103,7 @@ class Daemon:
             self.proxy,
             clock=time.monotonic,
             settings=SupervisorSettings(stop_grace_s=settings.stop_grace_s),
+            placer=self.compute,
             api_log=self.api_log,
             recent_output=self.logs.recent,
         )
@@ -169,16 +184,20 @@ class Daemon:
             self.supervisor.reconcile()
 
     def _tick(self) -> None:
-        """Once a second: read the replicas' CPU and memory."""
-        usage: dict[str, tuple[float, int]] = {}
+        """Once a second: read the replicas' CPU and memory, enforce limits, autoscale."""
+        usage: dict[str, Usage] = {}
         for api in self.supervisor.apis.values():
             for gen in api.generations():
                 for rep in gen.replicas.values():
                     if rep.handle.pid is not None:
-                        usage[rep.id] = self.sampler.sample(rep.handle.pid)
+                        usage[rep.id] = Usage(*self.sampler.sample(rep.handle.pid))
         for rid in set(self.replica_usage) - set(usage):
             self.logs.forget_replica(rid)
         self.replica_usage = usage
+        for event in self.compute.memory_events(self.supervisor, usage):
+            self.supervisor.handle(event)
+        self.compute.autoscale(self.supervisor, usage, time.monotonic())
+        self.compute.refresh_gpus()
 
     async def _shutdown(self, server: Any, control: asyncio.AbstractServer) -> None:
         self.proxy.accepting = False
@@ -225,6 +244,7 @@ class Daemon:
             return
         record.preparing = None
         record.version = version.number
+        self.compute.reset_autoscale(api, time.monotonic())
         self.supervisor.add_api(api, version)
         self.supervisor.reconcile()
 
@@ -276,7 +296,7 @@ class Daemon:
             reason = self.supervisor.status_reason(name)
             for gen in runtime.generations():
                 for rep in gen.replicas.values():
-                    cpu, rss = self.replica_usage.get(rep.id, (0.0, 0))
+                    u = self.replica_usage.get(rep.id) or Usage(0.0, 0)
                     replicas.append(
                         {
                             "id": rep.id,
@@ -284,8 +304,8 @@ class Daemon:
                             "state": rep.state,
                             "version": gen.version.number,
                             "gpus": rep.gpus,
-                            "cpu_percent": round(cpu, 1),
-                            "rss_bytes": rss,
+                            "cpu_percent": round(u.cpu_percent, 1),
+                            "rss_bytes": u.rss_bytes,
                             "restarts": rep.restarts,
                         }
                     )
@@ -365,9 +385,17 @@ class Daemon:
             if name not in self.records:
                 raise ControlError(f"no API named {name!r}; APIs: {', '.join(self.records) or 'none'}")
             return self._logs(name, int(request.get("lines", 100)), bool(request.get("follow")))
+        if cmd == "gpus":
+            return self.compute.gpu_table(self._api_of_replica)
         if cmd == "version":
             return {"version": __version__}
         raise ControlError(f"unknown command {cmd!r}")
+
+    def _api_of_replica(self, replica_id: str) -> str | None:
+        for name, api in self.supervisor.apis.items():
+            if api.find(replica_id) is not None:
+                return name
+        return None
 
     async def _logs(self, api: str, lines: int, follow: bool) -> AsyncIterator[str]:
         path = log_path(self.settings.log_dir, api)
@@ -412,7 +440,19 @@ def run_daemon(settings: DaemonSettings) -> int:
     except ImportError:
         pass
 
+    from cortexd.daemon.gpus import open_nvml
+
+    try:
+        nvml = open_nvml(os.environ)
+    except ValueError as exc:
+        print(f"cortexd: {exc}", file=sys.stderr)
+        return 2
+    if nvml.available():
+        log.info("GPUs: %s", ", ".join(f"{g.index}: {g.name} ({g.uuid})" for g in nvml.gpus()))
+    else:
+        log.info("no GPU: %s", nvml.unavailable_reason())
+
     async def main() -> int:
-        return await Daemon(settings).run()
+        return await Daemon(settings, nvml).run()
 
     return asyncio.run(main())

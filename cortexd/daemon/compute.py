@@ -1,0 +1,143 @@
+"""Compute for replicas: GPU placement, cpu/mem admission, memory limits and autoscaling.
+
+The decisions are the pure functions of gpus.py, admission.py and autoscale.py; this module
+keeps the little state they need (who holds which GPU and request, each API's autoscaling
+memory) and turns readings into supervisor events and desired counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from cortexd.config import Api
+from cortexd.daemon import autoscale
+from cortexd.daemon.admission import Capacity, Request, admit, machine_capacity
+from cortexd.daemon.gpus import GpuInfo, Nvml, choose_gpus, cuda_visible_devices, placement_shortfall_reason
+from cortexd.daemon.supervisor import READY, STARTING, DRAINING, ReplicaOverMemory, Supervisor
+
+log = logging.getLogger("cortexd.compute")
+
+
+@dataclass
+class Usage:
+    cpu_percent: float  # of one core, whole process tree
+    rss_bytes: int
+
+
+class ComputeManager:
+    """Implements the supervisor's Placer; reads usage for memory limits and autoscaling."""
+
+    def __init__(
+        self,
+        nvml: Nvml,
+        capacity: Capacity | None = None,
+        settings: autoscale.AutoscaleSettings | None = None,
+    ) -> None:
+        self.nvml = nvml
+        if capacity is None:
+            cores, mem = machine_capacity()
+            capacity = Capacity(cores=cores, mem=mem)
+        self.capacity = capacity
+        self.settings = settings or autoscale.AutoscaleSettings()
+        self.gpus: list[GpuInfo] = nvml.gpus() if nvml.available() else []
+        self.requests: dict[str, Request] = {}  # replica id -> admitted request
+        self.holders: dict[str, list[int]] = {}  # replica id -> GPU indices
+        self.autoscale_state: dict[str, autoscale.AutoscaleState] = {}
+        self._last_autoscale = float("-inf")
+
+    # -- Placer --------------------------------------------------------------------------
+
+    def place(self, replica_id: str, api: Api, preferred_gpus: list[int] | None) -> tuple[list[int] | None, str | None]:
+        c = api.compute
+        request = Request(cpu=c.cpu, mem=c.mem)
+        ok, reason = admit(request, list(self.requests.values()), self.capacity)
+        if not ok:
+            return None, reason
+        chosen: list[int] = []
+        if c.gpu > 0:
+            if not self.gpus:
+                return None, placement_shortfall_reason(c.gpu, 0, 0, self.nvml.unavailable_reason() or "NVML lists no GPU")
+            held = {index: rid for rid, indices in self.holders.items() for index in indices}
+            picked = choose_gpus(c.gpu, self.gpus, held, prefer=preferred_gpus or ())
+            if picked is None:
+                return None, placement_shortfall_reason(c.gpu, len(self.gpus), len(held), None)
+            chosen = picked
+            self.holders[replica_id] = chosen
+        self.requests[replica_id] = request
+        return chosen, None
+
+    def release(self, replica_id: str) -> None:
+        self.requests.pop(replica_id, None)
+        self.holders.pop(replica_id, None)
+
+    def cuda_visible_devices(self, indices: list[int]) -> str:
+        return cuda_visible_devices(self.gpus, indices)
+
+    # -- readings ------------------------------------------------------------------------
+
+    def refresh_gpus(self) -> None:
+        """Fresh memory/utilisation readings (the set of devices does not change)."""
+        if self.nvml.available():
+            self.gpus = self.nvml.gpus()
+
+    def memory_events(self, supervisor: Supervisor, usage: dict[str, Usage]) -> list[ReplicaOverMemory]:
+        """Replicas above their API's mem limit (whole process tree), to be stopped."""
+        events = []
+        for api in supervisor.apis.values():
+            for gen in api.generations():
+                limit = gen.spec.compute.mem
+                if limit is None:
+                    continue
+                for rep in gen.replicas.values():
+                    u = usage.get(rep.id)
+                    if u is not None and u.rss_bytes > limit and rep.state in (STARTING, READY, DRAINING):
+                        events.append(ReplicaOverMemory(rep.id, u.rss_bytes, limit))
+        return events
+
+    def autoscale(self, supervisor: Supervisor, usage: dict[str, Usage], now: float) -> dict[str, int]:
+        """Each period: desired replicas per API from its ready replicas' CPU use."""
+        if now - self._last_autoscale < self.settings.period_s:
+            return {}
+        self._last_autoscale = now
+        decisions: dict[str, int] = {}
+        for name, api in supervisor.apis.items():
+            if api.stopping or api.next is not None:
+                continue  # a rolling update keeps its replica count
+            spec = api.spec.compute
+            readings = [
+                usage[rep.id].cpu_percent / spec.cpu
+                for rep in api.current.replicas.values()
+                if rep.state == READY and rep.id in usage
+            ]
+            state = self.autoscale_state.get(name) or autoscale.initial_state(spec, now)
+            desired, self.autoscale_state[name] = autoscale.decide(readings, state, spec, now, self.settings)
+            if desired != api.desired:
+                mean = sum(readings) / len(readings) if readings else 0.0
+                log.info("%s: autoscaling %d -> %d replicas (cpu %.0f%% of request, target %d%%)",
+                         name, api.desired, desired, mean, spec.target_cpu_utilization)
+                supervisor.set_desired(name, desired)
+            decisions[name] = desired
+        return decisions
+
+    def forget_api(self, name: str) -> None:
+        self.autoscale_state.pop(name, None)
+
+    def reset_autoscale(self, api: Api, now: float) -> None:
+        self.autoscale_state[api.name] = autoscale.initial_state(api.compute, now)
+
+    # -- views ---------------------------------------------------------------------------
+
+    def gpu_table(self, replica_api: Callable[[str], str | None]) -> dict[str, Any]:
+        held = {index: rid for rid, indices in self.holders.items() for index in indices}
+        rows = []
+        for g in self.gpus:
+            rid = held.get(g.index)
+            rows.append({
+                "index": g.index, "uuid": g.uuid, "name": g.name,
+                "memory_used": g.memory_used, "memory_total": g.memory_total,
+                "utilization": g.utilization, "replica": rid, "api": replica_api(rid) if rid else None,
+            })
+        reason = None if self.gpus else (self.nvml.unavailable_reason() or "no GPU found")
+        return {"gpus": rows, "reason": reason}
