@@ -1,0 +1,431 @@
+"""Model sources: a local path, file://, http(s):// or s3://, fetched into a local cache.
+
+`fetch_model` returns a LOCAL path the replica can open. Remote models are downloaded into
+`cache_dir/<scheme>/<key>/`, where the key is a sha256 of the URL and what the server says
+about the content (ETag, Last-Modified, Content-Length; the object ETags for s3), so a changed
+remote model gets a new entry and an unchanged one is reused without downloading it again.
+Every entry is built in a `.partial-*` folder next to it and renamed into place when complete:
+a cache entry that exists is whole, and a failed or killed download leaves nothing that could
+be used. A `.zip` is unpacked inside the entry before that rename and the path returned is the
+unpacked folder.
+
+Only the standard library is imported here; boto3 is imported when an s3:// model is fetched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from typing import Any, Callable
+
+HTTP_TIMEOUT_S = 60.0  # per socket operation, not for the whole download
+CHUNK = 1 << 20
+PARTIAL_PREFIX = ".partial-"
+STALE_PARTIAL_S = 3600.0  # a partial folder untouched this long belongs to a fetch that died
+
+_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+Log = Callable[[str], None]
+
+
+class ModelFetchError(Exception):
+    """The model cannot be made available locally; the message says which source and why."""
+
+
+def fetch_model(source: str, project_dir: str, cache_dir: str, log: Log) -> str:
+    """Return a local path for `source` (downloading it into cache_dir when it is remote)."""
+    if _URL_RE.match(source):
+        scheme = source.split("://", 1)[0].lower()
+        if scheme in ("http", "https"):
+            return _fetch_http(source, cache_dir, log)
+        if scheme == "s3":
+            return _fetch_s3(source, cache_dir, log)
+        if scheme == "file":
+            path = file_url_path(source, project_dir)
+        else:
+            raise ModelFetchError(f"{source}: unsupported scheme {scheme!r} (use a path, file://, http(s):// or s3://)")
+    else:
+        path = local_path(source, project_dir)
+    if not os.path.exists(path):
+        raise ModelFetchError(f"{source}: model not found at {path}")
+    return path
+
+
+def local_path(source: str, project_dir: str) -> str:
+    """A plain path, relative to the project folder unless absolute; ~ is expanded."""
+    return os.path.abspath(os.path.join(project_dir, os.path.expanduser(source)))
+
+
+def file_url_path(url: str, project_dir: str) -> str:
+    """file:///abs/path and file://localhost/abs/path are absolute; file://rel/path is read as
+    a path relative to the project (a common way of writing it, and there is no other host)."""
+    parts = urllib.parse.urlsplit(url)
+    path = urllib.parse.unquote(parts.path)
+    if parts.netloc in ("", "localhost"):
+        return local_path(path, project_dir)
+    return local_path(urllib.parse.unquote(parts.netloc) + path, project_dir)
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def cache_key(url: str, validators: dict[str, Any]) -> str:
+    """The cache entry's name for a URL and what identifies its current content."""
+    blob = json.dumps({"url": url, "validators": validators}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:40]
+
+
+def entry_name(url_path: str, default: str = "model") -> str:
+    """The file or folder name a download keeps inside its entry: the URL's last segment."""
+    name = urllib.parse.unquote(url_path.rstrip("/").rsplit("/", 1)[-1])
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip(".")
+    return name or default
+
+
+def progress_due(done: int, total: int | None, last_done: int, last_at: float, now: float) -> bool:
+    """Whether to log download progress now.
+
+    Known size: when a new 10 % mark is passed and 2 s went by since the last line, or every
+    10 s whatever the progress (so short downloads stay quiet and long ones stay visible).
+    Unknown size: every 5 s.
+    """
+    elapsed = now - last_at
+    if total:
+        if elapsed >= 10.0:
+            return True
+        return elapsed >= 2.0 and done * 10 // total > last_done * 10 // total
+    return elapsed >= 5.0
+
+
+def display_url(url: str) -> str:
+    """The URL as logged: without user:password@ and without the query (presigned tokens)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "..." if parts.query else "", ""))
+
+
+def format_bytes(n: int | None) -> str:
+    if n is None:
+        return "size unknown"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def is_stale_partial(mtime: float, now: float, max_age: float = STALE_PARTIAL_S) -> bool:
+    return now - mtime > max_age
+
+
+# ---------------------------------------------------------------- cache entries
+
+
+def _prepare(root: str) -> None:
+    os.makedirs(root, exist_ok=True)
+    now = time.time()
+    for name in os.listdir(root):
+        if not name.startswith(PARTIAL_PREFIX):
+            continue
+        path = os.path.join(root, name)
+        try:
+            newest = max([os.path.getmtime(path)] + [
+                os.path.getmtime(os.path.join(d, f)) for d, _s, fs in os.walk(path) for f in fs
+            ])
+        except OSError:
+            continue
+        if is_stale_partial(newest, now):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _commit(partial: str, final: str) -> None:
+    """Rename the complete partial folder into place; a concurrent fetch that won is fine."""
+    try:
+        os.rename(partial, final)
+    except OSError:
+        if not os.path.isdir(final):
+            raise
+
+
+def _result_path(entry: str, name: str) -> str:
+    """Inside an entry: the file, or for a .zip the folder it was unpacked into."""
+    if name.lower().endswith(".zip"):
+        return os.path.join(entry, name[:-4] or "model")
+    return os.path.join(entry, name)
+
+
+def _finish_entry(partial: str, name: str, log: Log, shown: str) -> None:
+    """Unpack a downloaded .zip inside the partial entry (it is renamed into place after)."""
+    if not name.lower().endswith(".zip"):
+        return
+    archive = os.path.join(partial, name)
+    folder = _result_path(partial, name)
+    count = _extract(archive, folder, shown)
+    os.remove(archive)  # the unpacked folder is what is served; keeping both doubles the disk
+    log(f"{shown}: unpacked {count} files")
+
+
+def _extract(archive: str, dest: str, shown: str) -> int:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = [m for m in zf.infolist() if not m.filename.startswith("__MACOSX/")]
+            for m in members:
+                parts = m.filename.replace("\\", "/").split("/")
+                if m.filename.startswith("/") or ".." in parts:
+                    raise ModelFetchError(f"{shown}: the zip holds an unsafe path {m.filename!r}")
+            zf.extractall(dest, members)
+            return sum(1 for m in members if not m.is_dir())
+    except zipfile.BadZipFile as exc:
+        raise ModelFetchError(f"{shown}: not a valid zip file ({exc})") from None
+
+
+def unpack_zip(archive: str, dest: str) -> str:
+    """Unpack `archive` into the folder `dest` atomically; an existing dest is reused as is."""
+    if os.path.isdir(dest):
+        return dest
+    partial = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=os.path.dirname(dest) or ".")
+    try:
+        _extract(archive, os.path.join(partial, "x"), archive)
+        _commit(os.path.join(partial, "x"), dest)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return dest
+
+
+def unpack_local_zip(archive: str) -> str:
+    """Unpack a local .zip model once: into a folder next to it, or a temp folder when that
+    place is read-only. The folder's name carries the zip's size and mtime, so a changed zip
+    is unpacked again."""
+    st = os.stat(archive)
+    sig = hashlib.sha256(f"{os.path.abspath(archive)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    beside = f"{archive}.unpacked-{sig}"
+    try:
+        return unpack_zip(archive, beside)
+    except OSError:  # read-only folder or file system
+        elsewhere = os.path.join(tempfile.gettempdir(), f"cortexd-unzip-{sig}")
+        return unpack_zip(archive, elsewhere)
+
+
+# ---------------------------------------------------------------- http(s)
+
+
+def _fetch_http(url: str, cache_dir: str, log: Log) -> str:
+    shown = display_url(url)
+    root = os.path.join(cache_dir, "http")
+    _prepare(root)
+    name = entry_name(urllib.parse.urlsplit(url).path)
+    request = urllib.request.Request(url, headers={"User-Agent": "cortexd"})
+    try:
+        response = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        raise ModelFetchError(f"{shown}: HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise ModelFetchError(f"{shown}: {exc.reason}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise ModelFetchError(f"{shown}: {type(exc).__name__}: {exc}") from None
+    with response:
+        headers = response.headers
+        length_header = headers.get("Content-Length")
+        total = int(length_header) if length_header and length_header.isdigit() else None
+        etag, modified = headers.get("ETag"), headers.get("Last-Modified")
+        if etag or modified:
+            entry = os.path.join(root, cache_key(url, {"etag": etag, "last-modified": modified, "length": total}))
+            if os.path.isdir(entry):
+                # closing the response unread: the body of an unchanged model is not transferred
+                log(f"{shown}: unchanged since it was downloaded (cached)")
+                return _result_path(entry, name)
+        partial = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=root)
+        try:
+            digest = _stream(response, os.path.join(partial, name), total, shown, log)
+            if not (etag or modified):
+                # nothing to tell versions apart but the bytes themselves
+                entry = os.path.join(root, cache_key(url, {"sha256": digest}))
+                if os.path.isdir(entry):
+                    log(f"{shown}: same content as the cached copy")
+                    return _result_path(entry, name)
+            _finish_entry(partial, name, log, shown)
+            _commit(partial, entry)
+        except OSError as exc:
+            raise ModelFetchError(f"{shown}: saving the download failed: {exc}") from None
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    return _result_path(entry, name)
+
+
+def _stream(response: Any, target: str, total: int | None, shown: str, log: Log) -> str:
+    """Copy the body to target; returns its sha256. Raises ModelFetchError when cut short."""
+    digest = hashlib.sha256()
+    done = last_done = 0
+    started = last_at = time.monotonic()
+    log(f"{shown}: downloading ({format_bytes(total)})")
+    try:
+        with open(target, "wb") as out:
+            while True:
+                chunk = response.read(CHUNK)
+                if not chunk:
+                    break
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                now = time.monotonic()
+                if progress_due(done, total, last_done, last_at, now):
+                    pct = f" ({done * 100 // total}%)" if total else ""
+                    log(f"{shown}: {format_bytes(done)} of {format_bytes(total)}{pct}")
+                    last_done, last_at = done, now
+            out.flush()
+            os.fsync(out.fileno())
+    except http.client.IncompleteRead as exc:
+        got = format_bytes(done + len(exc.partial))
+        raise ModelFetchError(f"{shown}: the connection closed mid-download, after {got}") from None
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+        raise ModelFetchError(f"{shown}: download failed after {format_bytes(done)}: {exc}") from None
+    if total is not None and done != total:
+        raise ModelFetchError(f"{shown}: download truncated: got {done} of {total} bytes")
+    log(f"{shown}: downloaded {format_bytes(done)} in {time.monotonic() - started:.1f} s")
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- s3
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """s3://bucket/key/parts -> (bucket, "key/parts")."""
+    rest = url.split("://", 1)[1]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ModelFetchError(f"{url}: no bucket name (expected s3://bucket/key)")
+    return bucket, key
+
+
+def _s3_client(log: Log) -> Any:
+    try:
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
+    except ImportError:
+        raise ModelFetchError("s3:// models need boto3: install cortexd[s3]") from None
+    session = boto3.session.Session()
+    # recent boto3 reads these itself; passing them keeps older versions working the same
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+    if session.get_credentials() is None:
+        log("no AWS credentials found: reading s3 without signing (works for public buckets)")
+        config = config.merge(Config(signature_version=UNSIGNED))
+    return session.client("s3", endpoint_url=endpoint, region_name=session.region_name or "us-east-1", config=config)
+
+
+def _s3_error(url: str, exc: Exception) -> ModelFetchError:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        err = response["Error"]
+        return ModelFetchError(f"{url}: {err.get('Code', '?')}: {err.get('Message') or 'request failed'}")
+    return ModelFetchError(f"{url}: {type(exc).__name__}: {exc}")
+
+
+def _s3_objects(client: Any, url: str, bucket: str, key: str) -> tuple[bool, list[tuple[str, str, int]]]:
+    """(is_folder, [(key, etag, size)]): one object, or every object under the prefix key/."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    head_error: Exception | None = None
+    if key and not key.endswith("/"):
+        try:
+            head = client.head_object(Bucket=bucket, Key=key)
+            return False, [(key, str(head.get("ETag", "")), int(head.get("ContentLength", 0)))]
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code not in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied"):
+                raise _s3_error(url, exc) from None
+            head_error = exc  # maybe a folder (SavedModel): look under key/
+        except BotoCoreError as exc:
+            raise _s3_error(url, exc) from None
+    prefix = key.rstrip("/") + "/" if key else ""
+    found: list[tuple[str, str, int]] = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                if not obj["Key"].endswith("/"):  # folder markers made by consoles
+                    found.append((obj["Key"], str(obj.get("ETag", "")), int(obj.get("Size", 0))))
+    except (ClientError, BotoCoreError) as exc:
+        raise _s3_error(url, exc) from None  # e.g. NoSuchBucket, AccessDenied: more telling than HEAD's bare 404
+    if not found:
+        if head_error is not None and "404" not in str(head_error) and "NotFound" not in str(head_error):
+            raise _s3_error(url, head_error) from None  # 403 on HEAD: denied, or no such object
+        under = f"s3://{bucket}/{prefix}" if prefix else "the bucket"
+        raise ModelFetchError(f"{url}: no object at this key, and no objects under {under}")
+    return True, sorted(found)
+
+
+def _fetch_s3(url: str, cache_dir: str, log: Log) -> str:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = parse_s3_url(url)
+    client = _s3_client(log)
+    root = os.path.join(cache_dir, "s3")
+    _prepare(root)
+    is_folder, objects = _s3_objects(client, url, bucket, key)
+    name = entry_name(key, default=bucket)
+    entry = os.path.join(root, cache_key(url, {"objects": objects}))
+    result = os.path.join(entry, name) if is_folder else _result_path(entry, name)
+    if os.path.isdir(entry):
+        log(f"{url}: unchanged since it was downloaded (cached)")
+        return result
+    total = sum(size for _k, _e, size in objects)
+    log(f"{url}: downloading {len(objects)} object(s) ({format_bytes(total)})")
+    progress = _Progress(url, total, log)
+    started = time.monotonic()
+    partial = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=root)
+    try:
+        for obj_key, _etag, _size in objects:
+            if is_folder:
+                rel = obj_key[len(key.rstrip("/") + "/"):] if key else obj_key
+                if rel.startswith("/") or ".." in rel.split("/"):
+                    raise ModelFetchError(f"{url}: unsafe object key {obj_key!r}")
+                target = os.path.join(partial, name, *rel.split("/"))
+            else:
+                target = os.path.join(partial, name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            client.download_file(bucket, obj_key, target, Callback=progress)
+        log(f"{url}: downloaded {format_bytes(total)} in {time.monotonic() - started:.1f} s")
+        if not is_folder:
+            _finish_entry(partial, name, log, url)
+        _commit(partial, entry)
+    except (ClientError, BotoCoreError) as exc:
+        raise _s3_error(url, exc) from None
+    except OSError as exc:
+        raise ModelFetchError(f"{url}: saving the download failed: {exc}") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return result
+
+
+class _Progress:
+    """boto3's transfer callback (called from its worker threads with byte increments)."""
+
+    def __init__(self, url: str, total: int, log: Log) -> None:
+        self._url, self._total, self._log = url, total, log
+        self._lock = threading.Lock()
+        self._done = self._last_done = 0
+        self._last_at = time.monotonic()
+
+    def __call__(self, amount: int) -> None:
+        with self._lock:
+            self._done += amount
+            now = time.monotonic()
+            if progress_due(self._done, self._total, self._last_done, self._last_at, now):
+                pct = f" ({self._done * 100 // self._total}%)" if self._total else ""
+                self._log(f"{self._url}: {format_bytes(self._done)} of {format_bytes(self._total)}{pct}")
+                self._last_done, self._last_at = self._done, now

@@ -1,0 +1,267 @@
+"""TensorFlow APIs: a SavedModel signature run in process.
+
+TensorFlow is imported only when a client is made (inside `_import_tf`), never at module
+import: only a tensorflow replica pays its memory and start-up time.
+
+The model path may be a SavedModel folder, a folder of numbered versions (the highest number
+holding a saved_model.pb wins), a folder holding exactly one of those (a zip of `bert/`), or a
+local .zip of any of them (unpacked once next to it, or into a temp folder when that place is
+read-only; the daemon unpacks remote zips itself).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import zipfile
+from typing import Any
+
+from cortexd.models import ModelFetchError, unpack_local_zip
+from cortexd.replica.jsonable import InputMismatch, to_array, to_jsonable
+from cortexd.replica.predictors import (
+    PayloadError,
+    Predictor,
+    PredictorLoadError,
+    ReplicaContext,
+    construct_user_class,
+    import_predictor_file,
+)
+
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+def _log(message: str) -> None:
+    sys.stderr.write(f"tensorflow: {message}\n")
+    sys.stderr.flush()
+
+
+def _import_tf() -> Any:
+    # TF's C++ INFO lines (oneDNN notices, CPU feature guards) would open every replica log
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        raise PredictorLoadError(
+            f"tensorflow APIs need TensorFlow, which cannot be imported ({exc}): install cortexd[tensorflow]"
+        ) from None
+    return tf
+
+
+# ---------------------------------------------------------------- pure decisions
+
+
+def pick_version(names: list[str]) -> str | None:
+    """The highest numbered entry (numerically: 10 beats 9), or None when none is a number."""
+    numbered = [n for n in names if n.isdigit()]
+    return max(numbered, key=int) if numbered else None
+
+
+def choose_signature(available: list[str], requested: str | None, where: str) -> str:
+    """The signature to serve; raises PredictorLoadError listing what the model has."""
+    listed = ", ".join(sorted(available)) or "none"
+    if requested:
+        if requested not in available:
+            raise PredictorLoadError(f"{where}: signature_key {requested!r} not found; the model has: {listed}")
+        return requested
+    if len(available) == 1:
+        return available[0]
+    if not available:
+        raise PredictorLoadError(f"{where}: the SavedModel has no signatures to serve")
+    raise PredictorLoadError(f"{where}: the model has several signatures ({listed}); set tensorflow.signature_key")
+
+
+def threads_for(cpu: float) -> int:
+    return max(1, math.ceil(cpu - 1e-9))
+
+
+# ---------------------------------------------------------------- finding the SavedModel
+
+
+def _has_saved_model(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, f)) for f in SAVED_MODEL_FILES)
+
+
+def find_saved_model(path: str) -> str:
+    """The SavedModel folder to load for a model path (see the module doc)."""
+    if os.path.isfile(path):
+        if not zipfile.is_zipfile(path):
+            raise PredictorLoadError(
+                f"{path}: expected a SavedModel folder, a folder of numbered versions, or a .zip of one"
+            )
+        try:
+            path = unpack_local_zip(path)
+        except ModelFetchError as exc:
+            raise PredictorLoadError(str(exc)) from None
+    if not os.path.isdir(path):
+        raise PredictorLoadError(f"{path}: model not found")
+    return _saved_model_dir(path, depth=0)
+
+
+def _saved_model_dir(path: str, depth: int) -> str:
+    if _has_saved_model(path):
+        return path
+    entries = sorted(os.listdir(path))
+    with_model = [n for n in entries if os.path.isdir(os.path.join(path, n)) and _has_saved_model(os.path.join(path, n))]
+    version = pick_version(with_model)
+    if version is not None:
+        return os.path.join(path, version)
+    subdirs = [n for n in entries if os.path.isdir(os.path.join(path, n)) and not n.startswith((".", "__MACOSX"))]
+    if depth == 0 and len(subdirs) == 1:
+        # a zip of the folder itself: model.zip -> model/saved_model.pb or model/1/saved_model.pb
+        try:
+            return _saved_model_dir(os.path.join(path, subdirs[0]), depth + 1)
+        except PredictorLoadError:
+            pass
+    raise PredictorLoadError(
+        f"{path}: no saved_model.pb here nor in a numbered version folder (found: {', '.join(entries[:10]) or 'nothing'})"
+    )
+
+
+# ---------------------------------------------------------------- the client
+
+
+def configure_runtime(tf: Any, cpu: float) -> None:
+    """Thread pools from the replica's cpu request; GPU memory grown on demand.
+
+    Must run before TensorFlow executes anything; CUDA_VISIBLE_DEVICES (set by the daemon)
+    already limits which GPUs TensorFlow sees.
+    """
+    threads = threads_for(cpu)
+    threading = tf.config.threading
+    if (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads()) != (threads, 1):
+        try:
+            threading.set_intra_op_parallelism_threads(threads)
+            threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # the runtime started already (a second model in one process)
+            _log("runtime already initialised: thread settings left as they are")
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            # without it TensorFlow takes nearly all of the GPU's memory at the first op
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError):
+            pass
+    _log(f"{threads} intra-op thread(s); GPUs: {', '.join(g.name for g in gpus) or 'none'}")
+
+
+class TensorFlowClient:
+    """Runs one signature of a SavedModel; `predict(dict)` returns {output: nested lists}."""
+
+    def __init__(self, model_path: str, signature_key: str | None = None, cpu: float = 1.0) -> None:
+        import numpy as np
+
+        tf = _import_tf()
+        self._tf = tf
+        configure_runtime(tf, cpu)
+        self.model_dir = find_saved_model(model_path)
+        try:
+            self.model = tf.saved_model.load(self.model_dir)
+        except Exception as exc:  # TF raises a zoo of types for a broken SavedModel
+            raise PredictorLoadError(f"{self.model_dir}: TensorFlow cannot load the SavedModel: {exc}") from exc
+        self.signatures: list[str] = sorted(self.model.signatures.keys())
+        self.signature_key = choose_signature(self.signatures, signature_key, self.model_dir)
+        self._fn = self.model.signatures[self.signature_key]
+        args, kwargs = self._fn.structured_input_signature
+        specs = dict(kwargs)
+        for spec in args:  # signatures take keywords; positional specs are keyed by their name
+            specs[spec.name] = spec
+        specs = dict(sorted(specs.items()))  # a loaded signature's order is arbitrary: messages stay stable
+        self._input_specs = specs
+        self._output_specs = dict(self._fn.structured_outputs)
+        self.input_signature: dict[str, tuple[Any, tuple[int | None, ...] | None]] = {
+            name: (np.dtype(spec.dtype.as_numpy_dtype), _spec_shape(spec)) for name, spec in specs.items()
+        }
+        self._errors: tuple[type[BaseException], ...] = (tf.errors.InvalidArgumentError, TypeError, ValueError)
+        _log(f"{self.model_dir}: serving signature {self.signature_key!r}")
+
+    def to_inputs(self, payload: Any) -> dict[str, Any]:
+        names = list(self.input_signature)
+        if not isinstance(payload, dict):
+            if len(names) != 1:
+                raise PayloadError(
+                    f"signature {self.signature_key!r} has inputs {names}: send an object by input name; "
+                    f"got {type(payload).__name__}"
+                )
+            payload = {names[0]: payload}
+        missing = [n for n in names if n not in payload]
+        extra = sorted(str(k) for k in payload if k not in self.input_signature)
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing inputs {missing}")
+            if extra:
+                parts.append(f"unexpected keys {extra}")
+            raise PayloadError(f"{'; '.join(parts)} (signature {self.signature_key!r} takes {names})")
+        inputs = {}
+        for name in names:
+            dtype, shape = self.input_signature[name]
+            try:
+                inputs[name] = to_array(name, payload[name], dtype, shape)
+            except InputMismatch as exc:
+                raise PayloadError(str(exc)) from None
+        return inputs
+
+    def predict(self, payload: Any) -> dict[str, Any]:
+        inputs = self.to_inputs(payload)
+        try:
+            outputs = self._fn(**inputs)
+        except self._errors as exc:
+            # our checks passed but the graph refused (a shape a later op fixes): the payload's fault
+            raise PayloadError(f"the model rejected the inputs: {_first_line(exc)}") from None
+        return {name: to_jsonable(value.numpy()) for name, value in outputs.items()}
+
+    def describe(self) -> dict[str, Any]:
+        def entry(name: str, spec: Any) -> dict[str, Any]:
+            shape = _spec_shape(spec)
+            return {"name": name, "dtype": spec.dtype.name, "shape": list(shape) if shape is not None else None}
+
+        return {
+            "signature_key": self.signature_key,
+            "inputs": [entry(n, s) for n, s in self._input_specs.items()],
+            "outputs": [entry(n, s) for n, s in sorted(self._output_specs.items())],
+        }
+
+
+def _spec_shape(spec: Any) -> tuple[int | None, ...] | None:
+    if spec.shape.rank is None:
+        return None
+    return tuple(spec.shape.as_list())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _OutputsByName:
+    """No predictor file: the API answers the signature's outputs by name."""
+
+    def __init__(self, client: TensorFlowClient) -> None:
+        self.client = client
+        self.predict = client.predict
+
+    def describe(self) -> dict[str, Any]:
+        return self.client.describe()
+
+
+class _UserPredictor:
+    def __init__(self, instance: Any, client: TensorFlowClient) -> None:
+        self.predict = instance.predict
+        self.client = client
+
+    def describe(self) -> dict[str, Any]:
+        return self.client.describe()
+
+
+def load(ctx: ReplicaContext) -> Predictor:
+    if not ctx.model_path:
+        raise PredictorLoadError(f"api {ctx.api_name}: tensorflow.model is required")
+    client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu)
+    if not ctx.predictor_path:
+        return _OutputsByName(client)
+    module = import_predictor_file(ctx.predictor_path, ctx.python_path)
+    instance = construct_user_class(
+        module, "TensorFlowPredictor", client, ctx.config, ("tensorflow_client", "tf_client")
+    )
+    return _UserPredictor(instance, client)
