@@ -1,0 +1,155 @@
+"""Text tables for `cortexd get` and `cortexd gpus`, in the spirit of `cortex get`.
+
+Columns are left-aligned and separated by three spaces, with a header row; trailing spaces
+are stripped. The inputs are the `cortexd get --json` objects of SPEC section 6, so what the
+table shows and what scripts read are the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+GAP = "   "
+NONE = "-"
+
+API_HEADERS = ["api", "status", "up-to-date", "requested", "requests", "2XX", "4XX", "5XX", "p50", "p99", "endpoint"]
+REPLICA_HEADERS = ["replica", "pid", "state", "gpus", "cpu %", "memory", "restarts"]
+GPU_HEADERS = ["gpu", "name", "memory", "util", "replica"]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, three spaces apart, no trailing spaces."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = []
+    for row in [list(headers), *rows]:
+        lines.append(GAP.join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    return "\n".join(lines)
+
+
+def format_apis(apis: Sequence[Mapping[str, Any]]) -> str:
+    """One row per API (`cortexd get`)."""
+    if not apis:
+        return "no apis are deployed"
+    return table(API_HEADERS, [_api_row(api) for api in apis])
+
+
+def format_api(api: Mapping[str, Any]) -> str:
+    """One API in detail (`cortexd get API`): its row, replicas, last error, tracker figures."""
+    sections = [table(API_HEADERS, [_api_row(api)])]
+    replicas = api.get("replicas") or []
+    if replicas:
+        sections.append(table(REPLICA_HEADERS, [_replica_row(r) for r in replicas]))
+    else:
+        sections.append("no replicas")
+    if api.get("last_error"):
+        sections.append(f"last error: {api['last_error']}")
+    tracker = api.get("tracker")
+    if tracker:
+        sections.append(format_tracker(tracker))
+    return "\n\n".join(sections)
+
+
+def format_tracker(tracker: Mapping[str, Any]) -> str:
+    """Class counts (classification) or count/min/max/mean (regression), total and last hour."""
+    total = tracker.get("total") or {}
+    hour = tracker.get("last_hour") or {}
+    if tracker.get("model_type") == "classification":
+        total_counts: Mapping[str, int] = total.get("counts") or {}
+        hour_counts: Mapping[str, int] = hour.get("counts") or {}
+        labels = list(total_counts) + [label for label in hour_counts if label not in total_counts]
+        if not labels:
+            return "tracker (classification): no predictions yet"
+        # Most frequent first (the tracker already orders them so; re-sorting keeps the table
+        # right for any input).
+        labels.sort(key=lambda label: (-total_counts.get(label, 0), label))
+        rows = [[label, str(total_counts.get(label, 0)), str(hour_counts.get(label, 0))] for label in labels]
+        return table(["class", "total", "last hour"], rows)
+    rows = [["count", str(total.get("count", 0)), str(hour.get("count", 0))]]
+    for stat in ("min", "max", "mean"):
+        rows.append([stat, _number(total.get(stat)), _number(hour.get(stat))])
+    return table(["prediction", "total", "last hour"], rows)
+
+
+def format_gpus(gpus: Sequence[Mapping[str, Any]]) -> str:
+    """`cortexd gpus`: one row per GPU.
+
+    Each item: {"index", "name", "memory_used", "memory_total" (bytes), "utilization" (percent),
+    "replica": replica id holding it, or None}.
+    """
+    if not gpus:
+        return "no GPUs found"
+    rows = []
+    for gpu in gpus:
+        memory = f"{human_bytes(gpu.get('memory_used'))} / {human_bytes(gpu.get('memory_total'))}"
+        utilization = gpu.get("utilization")
+        util = NONE if utilization is None else f"{utilization:.0f} %"
+        replica = gpu.get("replica")
+        if isinstance(replica, (list, tuple)):
+            replica = ",".join(str(r) for r in replica)
+        rows.append([str(gpu.get("index", NONE)), str(gpu.get("name") or NONE), memory, util,
+                     str(replica) if replica not in (None, "") else NONE])
+    return table(GPU_HEADERS, rows)
+
+
+def _api_row(api: Mapping[str, Any]) -> list[str]:
+    metrics = api.get("metrics") or {}
+    return [
+        str(api.get("name", NONE)),
+        str(api.get("status", NONE)),
+        _count(api.get("ready")),
+        _count(api.get("requested")),
+        _count(metrics.get("requests")),
+        _count(metrics.get("2xx")),
+        _count(metrics.get("4xx")),
+        _count(metrics.get("5xx")),
+        latency(metrics.get("p50_ms")),
+        latency(metrics.get("p99_ms")),
+        str(api.get("endpoint", NONE)),
+    ]
+
+
+def _replica_row(replica: Mapping[str, Any]) -> list[str]:
+    gpus = replica.get("gpus") or []
+    cpu = replica.get("cpu_percent")
+    return [
+        str(replica.get("id", NONE)),
+        _count(replica.get("pid")),
+        str(replica.get("state", NONE)),
+        ",".join(str(g) for g in gpus) if gpus else NONE,
+        NONE if cpu is None else f"{cpu:.1f}",
+        human_bytes(replica.get("rss_bytes")),
+        _count(replica.get("restarts")),
+    ]
+
+
+def latency(ms: float | None) -> str:
+    """"12.3 ms"; two decimals under a millisecond ("0.42 ms"); "-" when unknown."""
+    if ms is None:
+        return NONE
+    return f"{ms:.2f} ms" if ms < 1 else f"{ms:.1f} ms"
+
+
+def human_bytes(n: int | float | None) -> str:
+    """Binary units: "512 B", "123.4 MiB"; "-" when unknown."""
+    if n is None:
+        return NONE
+    value = float(n)
+    if abs(value) < 1024:
+        return f"{int(value)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if abs(value) < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+def _count(value: Any) -> str:
+    return NONE if value is None else str(value)
+
+
+def _number(value: float | None) -> str:
+    return NONE if value is None else f"{value:.6g}"

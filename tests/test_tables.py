@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+import pytest
+
+from cortexd.tables import format_api, format_apis, format_gpus, format_tracker, human_bytes, latency
+
+
+def golden(text: str) -> str:
+    return textwrap.dedent(text).strip("\n")
+
+
+IRIS: dict[str, Any] = {
+    "name": "iris", "status": "live", "endpoint": "/iris-deployment/iris", "requested": 2, "ready": 2,
+    "last_error": None,
+    "replicas": [
+        {"id": "iris-0", "pid": 4242, "state": "ready", "gpus": [0], "cpu_percent": 12.5,
+         "rss_bytes": 129394278, "restarts": 0},
+        {"id": "iris-1", "pid": 4250, "state": "starting", "gpus": [], "cpu_percent": None,
+         "rss_bytes": 2048, "restarts": 3},
+    ],
+    "metrics": {"requests": 1234, "2xx": 1200, "4xx": 30, "5xx": 4, "p50_ms": 3.456, "p99_ms": 12.34},
+    "tracker": {
+        "model_type": "classification",
+        "total": {"counts": {"setosa": 500, "versicolor": 400, "virginica": 300}},
+        "last_hour": {"counts": {"virginica": 20, "setosa": 12}},
+        "since": 1_700_000_000.0,
+    },
+}
+
+PRICE: dict[str, Any] = {
+    "name": "price", "status": "error (out of memory)", "endpoint": "/d/price", "requested": 1, "ready": 0,
+    "last_error": "replica price-3 used 1.2 GiB of its 1.0 GiB limit",
+    "replicas": [],
+    "metrics": {"requests": 0, "2xx": 0, "4xx": 0, "5xx": 0, "p50_ms": None, "p99_ms": None},
+    "tracker": {
+        "model_type": "regression",
+        "total": {"count": 3, "min": -1.5, "max": 250000.0, "mean": 83333.1666666},
+        "last_hour": {"count": 0, "min": None, "max": None, "mean": None},
+    },
+}
+
+
+def test_format_apis() -> None:
+    assert format_apis([IRIS, PRICE]) == golden("""
+        api     status                  up-to-date   requested   requests   2XX    4XX   5XX   p50      p99       endpoint
+        iris    live                    2            2           1234       1200   30    4     3.5 ms   12.3 ms   /iris-deployment/iris
+        price   error (out of memory)   0            1           0          0      0     0     -        -         /d/price
+    """)
+
+
+def test_format_apis_without_apis() -> None:
+    assert format_apis([]) == "no apis are deployed"
+
+
+def test_format_api_classification() -> None:
+    assert format_api(IRIS) == golden("""
+        api    status   up-to-date   requested   requests   2XX    4XX   5XX   p50      p99       endpoint
+        iris   live     2            2           1234       1200   30    4     3.5 ms   12.3 ms   /iris-deployment/iris
+
+        replica   pid    state      gpus   cpu %   memory      restarts
+        iris-0    4242   ready      0      12.5    123.4 MiB   0
+        iris-1    4250   starting   -      -       2.0 KiB     3
+
+        class        total   last hour
+        setosa       500     12
+        versicolor   400     0
+        virginica    300     20
+    """)
+
+
+def test_format_api_regression_with_last_error_and_no_replicas() -> None:
+    assert format_api(PRICE) == golden("""
+        api     status                  up-to-date   requested   requests   2XX   4XX   5XX   p50   p99   endpoint
+        price   error (out of memory)   0            1           0          0     0     0     -     -     /d/price
+
+        no replicas
+
+        last error: replica price-3 used 1.2 GiB of its 1.0 GiB limit
+
+        prediction   total     last hour
+        count        3         0
+        min          -1.5      -
+        max          250000    -
+        mean         83333.2   -
+    """)
+
+
+def test_format_api_without_tracker_or_metrics() -> None:
+    api = {"name": "bare", "status": "creating", "endpoint": "/d/bare", "requested": 1, "ready": 0,
+           "last_error": None, "replicas": [], "metrics": None, "tracker": None}
+    assert format_api(api) == golden("""
+        api    status     up-to-date   requested   requests   2XX   4XX   5XX   p50   p99   endpoint
+        bare   creating   0            1           -          -     -     -     -     -     /d/bare
+
+        no replicas
+    """)
+
+
+def test_tracker_lists_classes_seen_only_in_the_last_hour_and_orders_by_total() -> None:
+    tracker = {"model_type": "classification",
+               "total": {"counts": {"b": 2, "a": 2, "c": 5}},
+               "last_hour": {"counts": {"new": 1}}}
+    assert format_tracker(tracker) == golden("""
+        class   total   last hour
+        c       5       0
+        a       2       0
+        b       2       0
+        new     0       1
+    """)
+
+
+def test_tracker_without_predictions() -> None:
+    tracker = {"model_type": "classification", "total": {"counts": {}}, "last_hour": {"counts": {}}}
+    assert format_tracker(tracker) == "tracker (classification): no predictions yet"
+
+
+def test_format_gpus() -> None:
+    gpus = [
+        {"index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-a", "memory_used": 1288490188,
+         "memory_total": 85899345920, "utilization": 37.0, "replica": "iris-0"},
+        {"index": 1, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-b", "memory_used": 0,
+         "memory_total": 85899345920, "utilization": 0, "replica": None},
+    ]
+    assert format_gpus(gpus) == golden("""
+        gpu   name                    memory               util   replica
+        0     NVIDIA H100 80GB HBM3   1.2 GiB / 80.0 GiB   37 %   iris-0
+        1     NVIDIA H100 80GB HBM3   0 B / 80.0 GiB       0 %    -
+    """)
+    assert format_gpus([]) == "no GPUs found"
+
+
+@pytest.mark.parametrize("n, text", [
+    (None, "-"), (0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (129394278, "123.4 MiB"),
+    (16 * 2**30, "16.0 GiB"), (3 * 2**40, "3.0 TiB"), (5000 * 2**40, "5000.0 TiB"),
+])
+def test_human_bytes(n: int | None, text: str) -> None:
+    assert human_bytes(n) == text
+
+
+@pytest.mark.parametrize("ms, text", [
+    (None, "-"), (0.4213, "0.42 ms"), (1.0, "1.0 ms"), (12.34, "12.3 ms"), (2500.0, "2500.0 ms"),
+])
+def test_latency(ms: float | None, text: str) -> None:
+    assert latency(ms) == text
+
+
+def test_no_line_has_trailing_spaces() -> None:
+    for text in (format_apis([IRIS, PRICE]), format_api(IRIS), format_api(PRICE)):
+        assert all(line == line.rstrip() for line in text.splitlines())
