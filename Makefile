@@ -41,3 +41,7 @@ test-gpu: venv
 
 clean:
 	rm -rf .cortexd dist build *.egg-info
+
+# dist/cortexd_<version>_<arch>.deb: the daemon, its unit, a default /etc/cortexd/cortex.yaml.
+deb:
+	packaging/build-deb.sh

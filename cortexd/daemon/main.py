@@ -24,10 +24,15 @@ from cortexd.daemon.compute import ComputeManager, Usage
 from cortexd.daemon.control import ControlError, start_control_server
 from cortexd.daemon.gpus import Nvml
 from cortexd.daemon.latency import LatencyStats
+from cortexd.daemon.metrics import ApiMetricsState, GpuMetricsState, Metrics, MetricsState
 from cortexd.daemon.procstats import ProcessSampler
 from cortexd.daemon.proxy import Proxy, ProxySettings
 from cortexd.daemon.spawner import ProcessSpawner
+from cortexd.daemon.reload_plan import PlanError, RunningApi, plan_reload
 from cortexd.daemon.supervisor import Event, Supervisor, SupervisorSettings, Version
+from cortexd.daemon.systemd import Notifier, status_line
+from cortexd.daemon.tracker import PredictionTracker
+from cortexd.daemon.versions import VersionFactory
 from cortexd.paths import control_socket
 
 log = logging.getLogger("cortexd")
@@ -49,6 +54,7 @@ class DaemonSettings:
     max_queue: int = 1024
     max_body_bytes: int = 32 * 1024 * 1024
     drain_timeout_s: float = 30.0  # below the unit's TimeoutStopSec
+    reload_timeout_s: float = 600.0  # how long `cortexd reload` waits for new replicas
     stop_grace_s: float = 5.0
 
 
@@ -60,6 +66,9 @@ class ApiRecord:
     version: int = 0
     preparing: str | None = None  # "fetching the model", ...
     error: str | None = None  # preparation failed (model download, environment)
+    fingerprint: str | None = None  # of the version serving; None until one is started
+    removing: bool = False  # gone from cortex.yaml, draining
+    last_reload_error: str | None = None  # a reload that could not prepare the new version
     stats: LatencyStats = field(default_factory=LatencyStats)
 
 
@@ -72,7 +81,12 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self.sampler = ProcessSampler()
         self.replica_usage: dict[str, Usage] = {}
-        self._version_counter = 0
+        self._reload_lock = asyncio.Lock()
+        self.versions = VersionFactory(settings.state_dir)
+        self.notifier = Notifier()
+        self.tracker = PredictionTracker(os.path.join(settings.state_dir, "tracker.db"))
+        self.metrics = Metrics()
+        self.metrics.set_state_provider(self._metrics_state)
         self._tasks: set[asyncio.Task[Any]] = set()
         for d in (settings.state_dir, settings.runtime_dir, settings.log_dir):
             os.makedirs(d, exist_ok=True)
@@ -155,18 +169,22 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop_requested.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn_task(self.reload([])))
         log.info("cortexd %s listening on http://%s:%d", __version__, self.settings.host, self.settings.port)
-        self.config = config
-        for api in config.apis:
-            self._start_api(api, config)
         runner = self._spawn_task(self._main_loop())
+        flusher = self._spawn_task(self._flush_loop())
+        await self._apply(config, [], wait=False)
+        self.notifier.ready(self.status_line())
         await self.stop_requested.wait()
         log.info("stopping: no new requests; finishing those in flight")
+        self.notifier.stopping()
         await self._shutdown(server, control)
         runner.cancel()
+        flusher.cancel()
+        await asyncio.to_thread(self.tracker.close)
         return 0
 
     async def _main_loop(self) -> None:
         next_tick = 0.0
+        next_watchdog = 0.0
         while True:
             now = time.monotonic()
             wake = self.supervisor.next_wakeup()
@@ -182,6 +200,18 @@ class Daemon:
                 next_tick = time.monotonic() + TICK_S
                 self._tick()
             self.supervisor.reconcile()
+            self._finish_removals()
+            if self.notifier.enabled and time.monotonic() >= next_watchdog:
+                # Sent from this loop only, so a wedged loop stops the pings and systemd restarts us.
+                next_watchdog = time.monotonic() + (self.notifier.watchdog_interval() or TICK_S)
+                self.notifier.watchdog()
+                self.notifier.status(self.status_line())
+
+    async def _flush_loop(self) -> None:
+        """Tracker figures reach SQLite every second, written off the event loop."""
+        while True:
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(self.tracker.flush)
 
     def _tick(self) -> None:
         """Once a second: read the replicas' CPU and memory, enforce limits, autoscale."""
@@ -228,46 +258,219 @@ class Daemon:
 
     # -- APIs ----------------------------------------------------------------------------
 
-    def _start_api(self, api: Api, config: Config) -> None:
-        record = self.records[api.name] = ApiRecord(spec=api, preparing="preparing the version")
-        self.proxy.set_route(api.name, api.endpoint)
-        self._spawn_task(self._prepare_and_add(record, config))
-
-    async def _prepare_and_add(self, record: ApiRecord, config: Config) -> None:
-        api = record.spec
-        try:
-            version = await self._prepare_version(record, api, config)
-        except Exception as exc:
-            record.preparing = None
-            record.error = str(exc)
-            self.api_log(api.name, f"cannot start: {exc}")
-            return
-        record.preparing = None
-        record.version = version.number
-        self.compute.reset_autoscale(api, time.monotonic())
-        self.supervisor.add_api(api, version)
-        self.supervisor.reconcile()
-
-    async def _prepare_version(self, record: ApiRecord, api: Api, config: Config) -> Version:
-        self._version_counter += 1
-        model_path = api.predictor.model
-        if model_path is not None:
-            record.preparing = "fetching the model"
-            from cortexd.models import fetch_model
-
-            cache = os.path.join(self.settings.state_dir, "models")
-            model_path = await asyncio.to_thread(
-                fetch_model, model_path, config.project_dir, cache, lambda m: self.api_log(api.name, m)
-            )
-        return Version(
-            number=self._version_counter,
-            workdir=config.project_dir,
-            model_path=model_path,
-            project_dir=config.project_dir,
-        )
-
     async def reload(self, force: list[str]) -> dict[str, Any]:
-        raise ControlError("reload is not supported yet")
+        """Re-read cortex.yaml and apply it; an invalid file changes nothing."""
+        async with self._reload_lock:
+            try:
+                config = await asyncio.to_thread(load_config, self.settings.config)
+            except ConfigError as exc:
+                log.error("reload refused, still serving the previous configuration:\n%s", exc)
+                return {"ok": False, "lines": [f"{self.settings.config} is not valid; nothing was changed:"]
+                        + [str(issue) for issue in exc.errors]}
+            except OSError as exc:
+                return {"ok": False, "lines": [f"cannot read {self.settings.config}: {exc}; nothing was changed"]}
+            self.notifier.reloading("reloading " + self.settings.config)
+            try:
+                return await self._apply(config, force, wait=True)
+            finally:
+                self.notifier.ready(self.status_line())
+
+    async def _apply(self, config: Config, force: list[str], wait: bool) -> dict[str, Any]:
+        """Take the daemon from what runs to `config`: the reload plan, carried out."""
+        project = config.project_dir
+        lines: list[str] = []
+        failed_names: set[str] = set()
+        for api in config.apis:
+            if api.name not in self.records:
+                self.records[api.name] = ApiRecord(spec=api, preparing="fetching the model" if api.predictor.model else "preparing")
+        try:
+            env_key = await asyncio.to_thread(self.versions.env_key, project)
+        except OSError as exc:
+            return {"ok": False, "lines": [f"cannot read requirements.txt: {exc}; nothing was changed"]}
+
+        async def fetch(api: Api) -> str | None | Exception:
+            try:
+                return await asyncio.to_thread(self.versions.fetch_model, api, project, lambda m: self.api_log(api.name, m))
+            except Exception as exc:  # a failed download fails this API alone
+                return exc
+
+        fetched = dict(zip([a.name for a in config.apis], await asyncio.gather(*(fetch(a) for a in config.apis))))
+        models: dict[str, str | None] = {}
+        for api in config.apis:
+            result = fetched[api.name]
+            if isinstance(result, Exception):
+                failed_names.add(api.name)
+                lines.append(f"{api.name}: failed ({result})")
+                self._fail_record(api, f"cannot fetch the model: {result}")
+            else:
+                models[api.name] = result
+        ok_apis = [a for a in config.apis if a.name not in failed_names]
+        fingerprints = {
+            a.name: await asyncio.to_thread(self.versions.fingerprint, a, models[a.name], env_key) for a in ok_apis
+        }
+        running = {
+            name: RunningApi(name, rec.spec.endpoint, rec.fingerprint, rec.spec.compute)
+            for name, rec in self.records.items()
+            if rec.fingerprint is not None and not rec.removing
+        }
+        try:
+            actions = plan_reload(running, ok_apis, fingerprints, force)
+        except PlanError as exc:
+            return {"ok": False, "lines": [str(exc) + "; nothing was changed"]}
+        actions = [a for a in actions if not (a.kind == "remove" and a.name in failed_names)]
+
+        snapshot = None
+        python: str | None = None
+        if any(a.kind in ("add", "replace") for a in actions):
+            try:
+                snapshot = await asyncio.to_thread(self.versions.snapshot, project)
+                python = await asyncio.to_thread(self.versions.env_python, project)
+                if python is None and env_key is not None:
+                    for a in actions:
+                        if a.kind == "add":
+                            self.records[a.name].preparing = "installing requirements"
+                    python = await asyncio.to_thread(
+                        self.versions.build_env, project, lambda m: log.info("requirements: %s", m)
+                    )
+            except Exception as exc:
+                reason = f"cannot prepare the new version: {exc}"
+                for a in actions:
+                    if a.kind == "add":
+                        self._fail_record(a.api, reason)  # type: ignore[arg-type]
+                    elif a.kind == "replace":
+                        self.records[a.name].last_reload_error = reason
+                lines += [f"{a.name}: failed ({reason})" for a in actions if a.kind in ("add", "replace")]
+                actions = [a for a in actions if a.kind not in ("add", "replace")]
+
+        waits: list[tuple[str, asyncio.Future[tuple[bool, str]]]] = []
+        loop = asyncio.get_running_loop()
+        for action in actions:
+            name = action.name
+            record = self.records.get(name)
+            if action.kind == "remove":
+                self._remove_api(name)
+                lines.append(action.describe())
+                continue
+            api = action.api
+            assert api is not None and record is not None
+            if action.moved:
+                self.proxy.set_route(name, api.endpoint)
+            if action.kind == "unchanged":
+                if action.moved:
+                    record.spec = api
+                lines.append(action.describe())
+            elif action.kind == "scale":
+                record.spec = api
+                self._track(api)
+                self.supervisor.rescale_api(api)
+                lines.append(action.describe())
+            elif action.kind == "add":
+                assert snapshot is not None
+                version = self.versions.make(api, snapshot, project, models[name], fingerprints[name], python, env_key)
+                record.spec, record.preparing, record.error = api, None, None
+                record.fingerprint, record.version = fingerprints[name], version.number
+                self._track(api)
+                self.proxy.set_route(name, api.endpoint)
+                self.compute.reset_autoscale(api, time.monotonic())
+                self.supervisor.add_api(api, version)
+                future: asyncio.Future[tuple[bool, str]] = loop.create_future()
+                self._spawn_task(self._until_started(name, future))
+                waits.append((name, future))
+            elif action.kind == "replace":
+                assert snapshot is not None
+                version = self.versions.make(api, snapshot, project, models[name], fingerprints[name], python, env_key)
+                future = loop.create_future()
+
+                def done(ok: bool, message: str, name: str = name, api: Api = api, version: Version = version,
+                         future: asyncio.Future[tuple[bool, str]] = future) -> None:
+                    record = self.records[name]
+                    if ok:
+                        record.spec, record.fingerprint, record.version = api, version.fingerprint, version.number
+                        self._track(api)
+                    if not future.done():
+                        future.set_result((ok, message))
+
+                self.supervisor.update_api(api, version, done)
+                waits.append((name, future))
+                lines.append(action.describe())
+        self.supervisor.reconcile()
+        self.config = config
+        if not wait:
+            return {"ok": not failed_names, "lines": lines}
+        ok = not failed_names
+        for name, future in waits:
+            try:
+                success, message = await asyncio.wait_for(future, self.settings.reload_timeout_s)
+            except asyncio.TimeoutError:
+                success, message = False, f"not ready after {self.settings.reload_timeout_s:.0f}s; still trying"
+            ok = ok and success
+            lines.append(f"{name}: {'ok' if success else 'failed'}: {message}")
+        self._gc_versions()
+        return {"ok": ok, "lines": lines}
+
+    async def _until_started(self, name: str, future: asyncio.Future[tuple[bool, str]]) -> None:
+        """Resolve `future` once a new API is live or has failed (for the reload's answer)."""
+        deadline = time.monotonic() + self.settings.reload_timeout_s
+        while time.monotonic() < deadline and not future.done():
+            status = self.api_status(name)
+            if status == st.LIVE:
+                future.set_result((True, "live"))
+            elif status in (st.ERROR, st.ERROR_OOM, st.COMPUTE_UNAVAILABLE):
+                reason = self.supervisor.status_reason(name) or status
+                future.set_result((False, f"{status}: {reason}"))
+            else:
+                await asyncio.sleep(0.1)
+
+    def _fail_record(self, api: Api, reason: str) -> None:
+        record = self.records[api.name]
+        record.preparing = None
+        if record.fingerprint is None:  # never ran: the API itself is in error
+            record.spec = api
+            record.error = reason
+            self.proxy.set_route(api.name, api.endpoint)
+        else:  # the old version keeps serving
+            record.last_reload_error = reason
+        self.api_log(api.name, reason)
+
+    def _remove_api(self, name: str) -> None:
+        """New requests get 404 at once; queued and running ones finish; then it stops."""
+        record = self.records[name]
+        record.removing = True
+        for endpoint, api in list(self.proxy.routes.items()):
+            if api == name:
+                del self.proxy.routes[endpoint]
+        if name in self.supervisor.apis:
+            self.supervisor.remove_api(name)
+        else:
+            self._forget_api(name)
+
+    def _track(self, api: Api) -> None:
+        if api.tracker is not None:
+            self.tracker.register(api.name, api.tracker)
+        elif self.tracker.tracked(api.name):
+            self.tracker.forget(api.name)
+
+    def _forget_api(self, name: str) -> None:
+        self.tracker.forget(name)
+        self.metrics.forget(name)
+        self.records.pop(name, None)
+        self.proxy.queues.pop(name, None)
+        self.compute.forget_api(name)
+
+    def _finish_removals(self) -> None:
+        for name in list(self.supervisor.stopped_apis):
+            del self.supervisor.stopped_apis[name]
+            record = self.records.get(name)
+            if record is not None and record.removing and name not in self.supervisor.apis:
+                self._forget_api(name)
+                self._gc_versions()
+
+    def _gc_versions(self) -> None:
+        in_use = [gen.version for api in self.supervisor.apis.values() for gen in api.generations()]
+        self._spawn_task(asyncio.to_thread(self.versions.gc, in_use))
+
+    def status_line(self) -> str:
+        return status_line({name: self.api_status(name) for name in self.records})
 
     # -- views (ApiDirectory for the proxy, `get` for the CLI) ---------------------------
 
@@ -323,7 +526,7 @@ class Daemon:
             "replicas": replicas,
             "metrics": record.stats.snapshot(),
             "queue": {"in_flight": queue.in_flight if queue else 0, "queued": queue.queued if queue else 0},
-            "tracker": None,
+            "tracker": self.tracker.summary(name),
         }
 
     def api_summary(self, name: str) -> dict[str, Any]:
@@ -351,7 +554,34 @@ class Daemon:
         return not not_ready, not_ready
 
     def metrics_text(self) -> tuple[bytes, str]:
-        return b"", "text/plain; version=0.0.4"
+        return self.metrics.render()
+
+    def _metrics_state(self) -> MetricsState:
+        apis = []
+        for name in list(self.records):
+            runtime = self.supervisor.apis.get(name)
+            queue = self.proxy.queues.get(name)
+            states: dict[str, int] = {}
+            restarts = 0
+            if runtime is not None:
+                for gen in runtime.generations():
+                    for rep in gen.replicas.values():
+                        states[rep.state] = states.get(rep.state, 0) + 1
+                    restarts += sum(slot.restarts for slot in gen.slots.values())
+            apis.append(ApiMetricsState(
+                name=name,
+                in_flight=queue.in_flight if queue else 0,
+                queued=queue.queued if queue else 0,
+                replicas=states,
+                restarts=restarts,
+                tracker=self.tracker.summary(name),
+            ))
+        gpus = [
+            GpuMetricsState(index=g.index, uuid=g.uuid, memory_used=g.memory_used, memory_total=g.memory_total,
+                            utilization=float(g.utilization or 0), name=g.name)
+            for g in self.compute.gpus
+        ]
+        return MetricsState(apis=apis, gpus=gpus)
 
     # -- ProxyObserver -------------------------------------------------------------------
 
@@ -359,6 +589,9 @@ class Daemon:
         record = self.records.get(api)
         if record is not None:
             record.stats.observe(latency_s, status)
+        self.metrics.request(api, status, latency_s, queue_s)
+        if status == 200:
+            self.tracker.observe_json_bytes(api, body)  # parses only when the API is tracked
 
     # -- control -------------------------------------------------------------------------
 

@@ -157,9 +157,10 @@ def in_snapshot(path: str | None, version: Version) -> str | None:
     """Map a path inside the project to the same path inside the version's snapshot."""
     if path is None or not version.project_dir:
         return path
-    project = version.project_dir
-    if path == project or path.startswith(project + os.sep):
-        return os.path.join(version.workdir, os.path.relpath(path, project))
+    project = os.path.realpath(version.project_dir)
+    real = os.path.realpath(path)
+    if real == project or real.startswith(project + os.sep):
+        return os.path.join(version.workdir, os.path.relpath(real, project))
     return path
 
 

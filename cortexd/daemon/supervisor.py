@@ -77,6 +77,8 @@ class Version:
     fingerprint: str = ""
     python: str | None = None  # interpreter (a per-deployment env), None = the daemon's
     project_dir: str = ""  # the folder the snapshot was taken of (paths in the spec point there)
+    snapshot_id: str = ""
+    env_key: str | None = None
 
 
 @dataclass(frozen=True)

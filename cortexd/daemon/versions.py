@@ -1,0 +1,87 @@
+"""Making immutable versions: fetched models, fingerprints, project snapshots, environments.
+
+Every step here is blocking disk/network/pip work; the daemon runs them in threads. A
+version is what a replica runs: the snapshot is its working directory, so later edits of
+the project take effect only at the next reload, even for a replica of the old version
+that restarts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Collection
+
+from cortexd.config import Api
+from cortexd.daemon.envs import EnvBuilder
+from cortexd.daemon.fingerprint import api_fingerprint
+from cortexd.daemon.snapshots import Snapshot, SnapshotStore
+from cortexd.daemon.supervisor import Version
+from cortexd.models import fetch_model
+
+REQUIREMENTS = "requirements.txt"
+
+Log = Callable[[str], None]
+
+
+class VersionFactory:
+    def __init__(self, state_dir: str) -> None:
+        self.snapshots = SnapshotStore(os.path.join(state_dir, "snapshots"))
+        self.envs = EnvBuilder(os.path.join(state_dir, "envs"))
+        self.model_cache = os.path.join(state_dir, "models")
+        self._numbers: dict[str, int] = {}  # per API: versions count 1, 2, 3... for each
+
+    @staticmethod
+    def requirements(project_dir: str) -> str | None:
+        path = os.path.join(project_dir, REQUIREMENTS)
+        return path if os.path.isfile(path) else None
+
+    def fetch_model(self, api: Api, project_dir: str, log: Log) -> str | None:
+        if api.predictor.model is None:
+            return None
+        return fetch_model(api.predictor.model, project_dir, self.model_cache, log)
+
+    def env_key(self, project_dir: str) -> str | None:
+        req = self.requirements(project_dir)
+        return self.envs.key(req) if req else None
+
+    def env_python(self, project_dir: str) -> str | None:
+        """The ready environment's python, or None when it must be built (or none is needed)."""
+        req = self.requirements(project_dir)
+        return self.envs.lookup(req) if req else None
+
+    def build_env(self, project_dir: str, log: Log) -> str | None:
+        req = self.requirements(project_dir)
+        return self.envs.build(req, log) if req else None
+
+    @staticmethod
+    def fingerprint(api: Api, model_path: str | None, env_key: str | None) -> str:
+        return api_fingerprint(api, model_path, extra={"env": env_key or "none"})
+
+    def snapshot(self, project_dir: str) -> Snapshot:
+        return self.snapshots.take(project_dir)
+
+    def make(
+        self, api: Api, snapshot: Snapshot, project_dir: str, model_path: str | None, fingerprint: str,
+        python: str | None, env_key: str | None,
+    ) -> Version:
+        if model_path is not None:
+            model_path = snapshot.map_path(project_dir, model_path)
+        return Version(
+            number=self._next_number(api.name),
+            workdir=snapshot.path,
+            model_path=model_path,
+            fingerprint=fingerprint,
+            python=python,
+            project_dir=os.path.realpath(project_dir),
+            snapshot_id=snapshot.version_id,
+            env_key=env_key,
+        )
+
+    def _next_number(self, api: str) -> int:
+        self._numbers[api] = self._numbers.get(api, 0) + 1
+        return self._numbers[api]
+
+    def gc(self, versions_in_use: Collection[Version]) -> None:
+        """Remove snapshots and environments no running replica uses."""
+        self.snapshots.gc({v.snapshot_id for v in versions_in_use if v.snapshot_id})
+        self.envs.gc({v.env_key for v in versions_in_use if v.env_key})
