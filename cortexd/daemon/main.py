@@ -20,6 +20,7 @@ from cortexd.config import Api, Config, ConfigError, load_config
 from cortexd.daemon import status as st
 from cortexd.daemon.api_logs import ApiLogs, log_path, read_tail
 from cortexd.daemon.autoscale import AutoscaleSettings
+from cortexd.daemon.cgroups import open_replica_cgroups
 from cortexd.daemon.compute import ComputeManager, Usage
 from cortexd.daemon.control import ControlError, start_control_server
 from cortexd.daemon.gpus import Nvml
@@ -102,6 +103,7 @@ class Daemon:
             post=self.post,
             output=self._replica_output,
             gpu_env=self.compute.cuda_visible_devices,
+            cgroups=open_replica_cgroups(),  # memory.max per replica where systemd delegated a cgroup
         )
         self.proxy = Proxy(
             ProxySettings(
@@ -185,10 +187,14 @@ class Daemon:
     async def _main_loop(self) -> None:
         next_tick = 0.0
         next_watchdog = 0.0
+        watchdog_s = self.notifier.watchdog_interval()  # None: systemd asked for no pings (or not us)
         while True:
             now = time.monotonic()
             wake = self.supervisor.next_wakeup()
-            timeout = max(0.0, min(next_tick, wake if wake is not None else next_tick) - now)
+            # The ping is a deadline of its own: waiting only for the next tick let it slip to
+            # every other tick, a 2 s gap that reaches WATCHDOG_USEC=2 s and gets us killed.
+            due = min(next_tick, next_watchdog) if self.notifier.enabled else next_tick
+            timeout = max(0.0, min(due, wake if wake is not None else due) - now)
             try:
                 event = await asyncio.wait_for(self.events.get(), timeout)
                 self.supervisor.handle(event)
@@ -203,8 +209,9 @@ class Daemon:
             self._finish_removals()
             if self.notifier.enabled and time.monotonic() >= next_watchdog:
                 # Sent from this loop only, so a wedged loop stops the pings and systemd restarts us.
-                next_watchdog = time.monotonic() + (self.notifier.watchdog_interval() or TICK_S)
-                self.notifier.watchdog()
+                next_watchdog = time.monotonic() + (watchdog_s or TICK_S)
+                if watchdog_s is not None:  # WATCHDOG_PID naming another process: not ours to ping
+                    self.notifier.watchdog()
                 self.notifier.status(self.status_line())
 
     async def _flush_loop(self) -> None:
@@ -247,7 +254,7 @@ class Daemon:
                 pass
             self.supervisor.reconcile()
         for conn in list(server.connections):
-            conn.abort() if hasattr(conn, "abort") else None
+            conn.close()  # idle keep-alive clients: everything in flight has finished
         control.close()
         try:
             os.unlink(control_socket(self.settings.runtime_dir))
@@ -283,6 +290,8 @@ class Daemon:
         for api in config.apis:
             if api.name not in self.records:
                 self.records[api.name] = ApiRecord(spec=api, preparing="fetching the model" if api.predictor.model else "preparing")
+            else:
+                self.records[api.name].last_reload_error = None  # this attempt supersedes the last one's failure
         try:
             env_key = await asyncio.to_thread(self.versions.env_key, project)
         except OSError as exc:
@@ -338,7 +347,12 @@ class Daemon:
                     if a.kind == "add":
                         self._fail_record(a.api, reason)  # type: ignore[arg-type]
                     elif a.kind == "replace":
-                        self.records[a.name].last_reload_error = reason
+                        serving = self.records[a.name]
+                        # Worded like the supervisor's failed update, shown by `get` as last_error.
+                        serving.last_reload_error = f"update failed, still serving version {serving.version}: {reason}"
+                        self.api_log(a.name, serving.last_reload_error)
+                # `cortexd reload` (and so `systemctl reload`) must exit 1 when a version failed.
+                failed_names.update(a.name for a in actions if a.kind in ("add", "replace"))
                 lines += [f"{a.name}: failed ({reason})" for a in actions if a.kind in ("add", "replace")]
                 actions = [a for a in actions if a.kind not in ("add", "replace")]
 
@@ -495,7 +509,8 @@ class Daemon:
         if runtime is not None:
             requested = runtime.desired
             ready = runtime.current.ready_count()
-            last_error = runtime.last_error
+            # A reload that could not even prepare the new version never reached the supervisor.
+            last_error = record.last_reload_error or runtime.last_error
             reason = self.supervisor.status_reason(name)
             for gen in runtime.generations():
                 for rep in gen.replicas.values():
