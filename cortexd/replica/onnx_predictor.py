@@ -28,6 +28,7 @@ from cortexd.replica.predictors import (
     Predictor,
     PredictorLoadError,
     ReplicaContext,
+    UserPredictor,
     construct_user_class,
     import_predictor_file,
 )
@@ -240,16 +241,6 @@ class _OutputsByName:
         return self.client.describe()
 
 
-class _UserPredictor:
-    """A user's ONNXPredictor; GET <endpoint> still lists the model's inputs and outputs."""
-
-    def __init__(self, instance: Any, client: ONNXClient) -> None:
-        self.predict = instance.predict  # bound once: no attribute lookup per request
-        self.client = client
-
-    def describe(self) -> dict[str, Any]:
-        return self.client.describe()
-
 
 def load(ctx: ReplicaContext) -> Predictor:
     if not ctx.model_path:
@@ -259,4 +250,4 @@ def load(ctx: ReplicaContext) -> Predictor:
         return _OutputsByName(client)
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
     instance = construct_user_class(module, "ONNXPredictor", client, ctx.config, ("onnx_client",))
-    return _UserPredictor(instance, client)
+    return UserPredictor(instance, client.describe)

@@ -139,14 +139,16 @@ class _ModulePredictor:
         return {}
 
 
-class _ClassPredictor:
-    """Wraps a user class instance that has predict(payload)."""
+class UserPredictor:
+    """A user's predictor instance (PythonPredictor, ONNXPredictor, TensorFlowPredictor).
 
-    def __init__(self, instance: Any) -> None:
+    `describe` comes from the model's client, so GET <endpoint> still lists the model's
+    inputs and outputs when the user wraps it in a class of their own.
+    """
+
+    def __init__(self, instance: Any, describe: Callable[[], dict[str, Any]] = dict) -> None:
         self.predict: Callable[[Any], Any] = instance.predict  # bound once: no lookups per request
-
-    def describe(self) -> dict[str, Any]:
-        return {}
+        self.describe = describe
 
 
 def load_python_predictor(ctx: ReplicaContext) -> Predictor:
@@ -155,7 +157,7 @@ def load_python_predictor(ctx: ReplicaContext) -> Predictor:
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
     path = ctx.predictor_path
     if hasattr(module, "PythonPredictor"):
-        return _ClassPredictor(construct_user_class(module, "PythonPredictor", None, ctx.config, ()))
+        return UserPredictor(construct_user_class(module, "PythonPredictor", None, ctx.config, ()))
     predict = getattr(module, "predict", None)
     if not callable(predict):
         raise PredictorLoadError(

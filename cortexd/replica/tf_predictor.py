@@ -24,6 +24,7 @@ from cortexd.replica.predictors import (
     Predictor,
     PredictorLoadError,
     ReplicaContext,
+    UserPredictor,
     construct_user_class,
     import_predictor_file,
 )
@@ -245,14 +246,6 @@ class _OutputsByName:
         return self.client.describe()
 
 
-class _UserPredictor:
-    def __init__(self, instance: Any, client: TensorFlowClient) -> None:
-        self.predict = instance.predict
-        self.client = client
-
-    def describe(self) -> dict[str, Any]:
-        return self.client.describe()
-
 
 def load(ctx: ReplicaContext) -> Predictor:
     if not ctx.model_path:
@@ -264,4 +257,4 @@ def load(ctx: ReplicaContext) -> Predictor:
     instance = construct_user_class(
         module, "TensorFlowPredictor", client, ctx.config, ("tensorflow_client", "tf_client")
     )
-    return _UserPredictor(instance, client)
+    return UserPredictor(instance, client.describe)
