@@ -78,8 +78,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_daemon(settings)
 
 
+REQUIREMENTS = "requirements.txt"
+
+
+def requirements_lines(problems: list[tuple[int, str]], name: str = REQUIREMENTS) -> list[str]:
+    """check_requirements' findings located like config errors: `requirements.txt:LINE: message`."""
+    return [f"{name}:{lineno}: {message}" if lineno > 0 else f"{name}: {message}" for lineno, message in problems]
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from cortexd.config import validate_path
+    from cortexd.requirements_check import check_requirements
 
     path = args.path
     if os.path.isdir(path):
@@ -87,13 +96,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not os.path.exists(path):
         print(f"cortexd: {path}: no such file", file=sys.stderr)
         return EXIT_USAGE
-    issues = validate_path(path)
-    if issues:
-        for issue in issues:
-            print(issue)
-        print(f"{len(issues)} error{'s' if len(issues) != 1 else ''} in {path}", file=sys.stderr)
+    lines = [str(issue) for issue in validate_path(path)]
+    # The project's requirements.txt is installed at serve/reload; a line pip cannot parse
+    # would only fail there, after a slow environment build, so it is an error here too.
+    requirements = os.path.join(os.path.dirname(path), REQUIREMENTS)  # named as the user named the project
+    checked = [path]
+    if os.path.isfile(requirements):
+        checked.append(requirements)
+        lines += requirements_lines(check_requirements(requirements))
+    if lines:
+        for line in lines:
+            print(line)
+        print(f"{len(lines)} error{'s' if len(lines) != 1 else ''} in {' and '.join(checked)}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{path}: valid")
+    print(f"{' and '.join(checked)}: valid")
     return 0
 
 

@@ -39,6 +39,10 @@ from cortexd.paths import control_socket
 log = logging.getLogger("cortexd")
 
 TICK_S = 1.0
+# While a requirements env builds: each EXTEND_TIMEOUT_USEC grants ENV_EXTEND_S more, renewed
+# well before it runs out.
+ENV_EXTEND_S = 90.0
+ENV_EXTEND_EVERY_S = 30.0
 
 
 @dataclass
@@ -214,6 +218,13 @@ class Daemon:
                     self.notifier.watchdog()
                 self.notifier.status(self.status_line())
 
+    async def _extend_timeout_while_building(self) -> None:
+        """EXTEND_TIMEOUT_USEC every ENV_EXTEND_EVERY_S until cancelled (the build is bounded by
+        EnvBuilder's own timeout). systemd never shortens the unit's timeout because of it."""
+        while self.notifier.enabled:
+            self.notifier.extend_timeout(ENV_EXTEND_S)
+            await asyncio.sleep(ENV_EXTEND_EVERY_S)
+
     async def _flush_loop(self) -> None:
         """Tracker figures reach SQLite every second, written off the event loop."""
         while True:
@@ -338,9 +349,15 @@ class Daemon:
                     for a in actions:
                         if a.kind == "add":
                             self.records[a.name].preparing = "installing requirements"
-                    python = await asyncio.to_thread(
-                        self.versions.build_env, project, lambda m: log.info("requirements: %s", m)
-                    )
+                    # READY=1 (and a reload's answer) waits for this build, and pip can outlast
+                    # the unit's TimeoutStartSec: ask systemd for more time while it runs.
+                    heartbeat = self._spawn_task(self._extend_timeout_while_building())
+                    try:
+                        python = await asyncio.to_thread(
+                            self.versions.build_env, project, lambda m: log.info("requirements: %s", m)
+                        )
+                    finally:
+                        heartbeat.cancel()
             except Exception as exc:
                 reason = f"cannot prepare the new version: {exc}"
                 for a in actions:
