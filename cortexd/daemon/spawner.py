@@ -4,6 +4,10 @@ Each replica is `python -m cortexd.replica` in a new session (so its whole proce
 can be signalled), with its GPUs in CUDA_VISIBLE_DEVICES before any CUDA library loads.
 The loop watches three descriptors per replica: a pidfd (exit), the status pipe (ready /
 load failed) and its merged stdout+stderr (lines for the API's log).
+
+Where the daemon owns a delegated cgroup v2 subtree (daemon/cgroups.py), each replica is
+moved into its own cgroup with memory.max right after it starts, and a replica whose cgroup
+recorded an OOM kill when it exited is reported as over memory before its exit.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import subprocess
 import sys
 from typing import Callable
 
+from cortexd.daemon.cgroups import ReplicaCgroups
 from cortexd.daemon.supervisor import (
     Event,
     ReplicaExited,
     ReplicaLoadFailed,
+    ReplicaOverMemory,
     ReplicaReady,
     SpawnRequest,
     Version,
@@ -64,6 +70,7 @@ class ProcessSpawner:
         output: Callable[[str, str, str], None],
         gpu_env: Callable[[list[int]], str] = lambda gpus: ",".join(str(g) for g in gpus),
         extra_env: dict[str, str] | None = None,
+        cgroups: ReplicaCgroups | None = None,
     ) -> None:
         self.dir = replica_socket_dir(runtime_dir)
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
@@ -71,6 +78,7 @@ class ProcessSpawner:
         self._output = output  # (api, replica_id, line)
         self._gpu_env = gpu_env
         self._extra_env = extra_env or {}
+        self._cgroups = cgroups  # None: no delegated cgroup, psutil limits only
         self.handles: dict[str, ProcessHandle] = {}
 
     def socket_path(self, replica_id: str) -> str:
@@ -129,6 +137,13 @@ class ProcessSpawner:
             os.close(out_w)
         handle = ProcessHandle(proc)
         self.handles[rid] = handle
+        if self._cgroups is not None:
+            # Before the replica has loaded anything big: what it allocates from here on is
+            # charged to (and limited by) its own cgroup.
+            try:
+                self._cgroups.attach(rid, proc.pid, api.compute.mem)
+            except OSError as exc:
+                log.warning("%s: replica %s runs without its own cgroup (%s); psutil limits only", api.name, rid, exc)
         watcher = _Watcher(self, api.name, rid, proc, status_r, out_r, loop)
         watcher.start()
         return handle
@@ -140,6 +155,11 @@ class ProcessSpawner:
                 os.unlink(os.path.join(self.dir, rid + suffix))
             except OSError:
                 pass
+        oom = self._cgroups.finish(rid) if self._cgroups is not None else None
+        if oom is not None:
+            # Posted first, so the supervisor knows the exit was the kernel enforcing memory.max.
+            limit = oom.limit_bytes or 0
+            self._post(ReplicaOverMemory(rid, oom.peak_bytes or limit, limit, killed_by_kernel=True))
         self._post(ReplicaExited(rid, code))
 
 

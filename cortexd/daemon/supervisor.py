@@ -58,7 +58,8 @@ class ReplicaDrained:
 class ReplicaOverMemory:
     replica_id: str
     rss_bytes: int
-    limit_bytes: int
+    limit_bytes: int  # 0: no limit of its own (the kernel killed it for the machine's memory)
+    killed_by_kernel: bool = False  # its cgroup's memory.events counted an oom_kill; rss_bytes = peak
 
 
 Event = ReplicaReady | ReplicaLoadFailed | ReplicaExited | ReplicaDrained | ReplicaOverMemory
@@ -332,10 +333,18 @@ class Supervisor:
             if rep.state in (STARTING, READY, DRAINING):
                 rep.over_memory = True
                 gen.oom = True
-                api.last_error = (
-                    f"replica {rep.id} was stopped for using {_mib(event.rss_bytes)} of memory, above its limit "
-                    f"of {_mib(event.limit_bytes)} (at {_iso(now)})"
-                )
+                if event.killed_by_kernel:
+                    api.last_error = (
+                        f"replica {rep.id} was killed by the kernel for using {_mib(event.rss_bytes)} of memory, "
+                        + (f"above its limit of {_mib(event.limit_bytes)} (cgroup memory.max)" if event.limit_bytes
+                           else "when the machine ran out of memory")
+                        + f" (at {_iso(now)})"
+                    )
+                else:
+                    api.last_error = (
+                        f"replica {rep.id} was stopped for using {_mib(event.rss_bytes)} of memory, above its limit "
+                        f"of {_mib(event.limit_bytes)} (at {_iso(now)})"
+                    )
                 self._api_log(api.name, api.last_error)
                 if rep.routed:
                     self.router.replica_gone(api.name, rep.id)
