@@ -35,9 +35,10 @@ test-fast: venv
 test-slow: venv
 	$(PY) -m pytest -q -m "slow and not gpu"
 
-# On a machine with an NVIDIA GPU: the tests marked gpu, which skip where NVML finds none.
+# On a machine with an NVIDIA GPU: the tests marked gpu, which skip where NVML finds none
+# (scripts/gpu-check.sh sets up a venv with onnxruntime-gpu's CUDA libraries and runs this).
 test-gpu: venv
-	$(PY) -m pytest -q -rs -m gpu
+	$(PY) -m pytest -v -rs -s -m gpu $(GPU_TEST_ARGS)
 
 clean:
 	rm -rf .cortexd dist build *.egg-info

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from typing import Any
 
 import pytest
@@ -300,17 +301,31 @@ def test_supervisor_shows_a_kernel_oom_kill_as_out_of_memory(limit: int, says: s
 # ---------------------------------------------------------------- a real cgroup, where there is one
 
 
-def real_cgroup_parent() -> str | None:
-    """/sys/fs/cgroup when it is a writable cgroup v2 root that hands out the memory controller."""
+def real_cgroup_launcher(tmp_name: str) -> tuple[list[str], str | None] | None:
+    """How to start a daemon in a cgroup v2 subtree delegated to it, on this machine.
+
+    With systemd as the service manager: a transient scope with Delegate=yes (the way the unit
+    runs it; systemd's rule is that nobody else creates cgroups in its tree). Without systemd
+    (a container with its own cgroup namespace): a new child of a writable cgroup2 root that
+    hands out the memory controller. None where neither is possible.
+    Returns (command prefix, folder to remove afterwards).
+    """
     root = cgroups.CGROUP_ROOT
     try:
         with open(os.path.join(root, "cgroup.subtree_control")) as f:
             enabled = f.read().split()
     except OSError:
         return None
-    if "memory" not in enabled or not os.access(root, os.W_OK):
+    if "memory" not in enabled or os.geteuid() != 0:
         return None
-    return root
+    if os.path.isdir("/run/systemd/system"):
+        run = shutil.which("systemd-run")
+        return ([run, "--scope", "--quiet", "-p", "Delegate=yes", "--"], None) if run else None
+    if not os.access(root, os.W_OK):
+        return None
+    own = os.path.join(root, tmp_name)
+    os.mkdir(own)
+    return (["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', own], own)
 
 
 @pytest.mark.slow
@@ -320,22 +335,20 @@ def test_real_cgroup_kernel_oom_kill_shows_out_of_memory(tmp_path: Any) -> None:
 
     from tests.daemon_harness import Client, Daemon, wait_for, write_project
 
-    parent = real_cgroup_parent()
-    if parent is None:
-        pytest.skip("no writable cgroup v2 root with the memory controller here "
-                    f"({cgroups.CGROUP_ROOT} is cgroup v1/hybrid or read-only)")
-    own = os.path.join(parent, f"cortexd-test-{os.getpid()}")
-    os.mkdir(own)
+    launcher = real_cgroup_launcher(f"cortexd-test-{os.getpid()}")
+    if launcher is None:
+        pytest.skip("no cgroup v2 subtree with the memory controller can be delegated here "
+                    f"({cgroups.CGROUP_ROOT} is cgroup v1/hybrid, read-only, or we are not root)")
+    prefix, own = launcher
 
     class InCgroup(Daemon):
-        """The daemon started inside `own`, as systemd would start it in its delegated cgroup."""
+        """The daemon started in a delegated cgroup, as systemd starts the unit."""
 
         def start(self, wait_live: bool = True, timeout: float = 60.0) -> "InCgroup":
             os.makedirs(self.base, exist_ok=True)
             with open(self.stderr_path, "ab") as err:
                 self.proc = subprocess.Popen(
-                    ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', own,
-                     sys.executable, "-m", "cortexd", "serve",
+                    [*prefix, sys.executable, "-m", "cortexd", "serve",
                      "--config", os.path.join(self.project, "cortex.yaml"),
                      "--host", "127.0.0.1", "--port", str(self.port), "--runtime-dir", self.runtime_dir,
                      "--state-dir", self.state_dir, "--log-dir", self.log_dir],
@@ -380,7 +393,8 @@ def test_real_cgroup_kernel_oom_kill_shows_out_of_memory(tmp_path: Any) -> None:
         assert Client(d.port).post("/m/fine", {}).json() == "ok"
     finally:
         assert d.stop() == 0, d.stderr()
-        for leftover in sorted((os.path.join(own, n) for n in os.listdir(own)), reverse=True):
-            if os.path.isdir(leftover):
-                os.rmdir(leftover)
-        os.rmdir(own)
+        if own is not None:
+            for leftover in sorted((os.path.join(own, n) for n in os.listdir(own)), reverse=True):
+                if os.path.isdir(leftover):
+                    os.rmdir(leftover)
+            os.rmdir(own)

@@ -271,11 +271,6 @@ class ReplicaCgroups:
             log.warning("cannot remove %s: %s", cg, exc)
         return KernelOom(kills, peak, limit) if kills > 0 else None
 
-    def close(self) -> None:
-        for rid in list(self._groups):
-            self.finish(rid)
-        self._retry_removals()
-
     def _retry_removals(self) -> None:
         for cg in list(self._busy):
             try:
