@@ -142,7 +142,6 @@ def test_crash_after_serving_is_replaced_at_once_then_with_backoff(world) -> Non
     assert len(spawner.spawned) == 3
     view = sup.apis["iris"].current.replicas[ids(spawner)[2]]
     assert view.restarts == 2
-    assert "killed by signal 9" not in (sup.apis["iris"].last_error or "") or True
     assert "exited with code 1" in (sup.apis["iris"].last_error or "")
 
 
@@ -157,7 +156,7 @@ def test_repeated_load_failures_put_the_api_in_error_and_keep_retrying(world) ->
     for attempt in range(LOAD_FAILURES_FOR_ERROR):
         sup.reconcile()
         rid = ids(spawner)[-1]
-        assert sup.status("iris") == "creating" if attempt == 0 else True
+        assert sup.status("iris") == "creating"  # not yet in error: it may still load
         sup.handle(ReplicaLoadFailed(rid, "predictor.py: init(metadata) raised OSError: no weights"))
         sup.handle(ReplicaExited(rid, protocol.EXIT_LOAD_FAILED))
         clock.now += 120
