@@ -241,7 +241,6 @@ class _OutputsByName:
         return self.client.describe()
 
 
-
 def load(ctx: ReplicaContext) -> Predictor:
     if not ctx.model_path:
         raise PredictorLoadError(f"api {ctx.api_name}: onnx.model is required")

@@ -235,24 +235,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class _OutputsByName:
-    """No predictor file: the API answers the signature's outputs by name."""
-
-    def __init__(self, client: TensorFlowClient) -> None:
-        self.client = client
-        self.predict = client.predict
-
-    def describe(self) -> dict[str, Any]:
-        return self.client.describe()
-
-
-
 def load(ctx: ReplicaContext) -> Predictor:
     if not ctx.model_path:
         raise PredictorLoadError(f"api {ctx.api_name}: tensorflow.model is required")
     client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu)
-    if not ctx.predictor_path:
-        return _OutputsByName(client)
+    if not ctx.predictor_path:  # the API answers the signature's outputs by name
+        return UserPredictor(client, client.describe)
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
     instance = construct_user_class(
         module, "TensorFlowPredictor", client, ctx.config, ("tensorflow_client", "tf_client")
