@@ -46,3 +46,13 @@ clean:
 # dist/cortexd_<version>_<arch>.deb: the daemon, its unit, a default /etc/cortexd/cortex.yaml.
 deb:
 	packaging/build-deb.sh
+
+# Benchmarks (bench/README.md): onnxruntime in process, a one-process Sanic ceiling and cortexd
+# side by side under wrk; prints the table and the ratios, writes bench/results/<time>.json.
+# About 8 minutes on 2 cores. Installs wrk from the distribution's packages when it is missing.
+BENCH_ARGS ?=
+bench: venv
+	@command -v wrk >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }
+	$(PY) bench/run.py $(BENCH_ARGS)

@@ -1,10 +1,16 @@
 """Per-API request queue and dispatch to idle ready replicas (the proxy's hot path).
 
-Each API has one bounded FIFO of waiting requests and a set of idle replicas. A replica
-takes one request at a time: a request takes an idle replica at once, or waits in the queue
-until one is released, or until its deadline passes. Replicas enter when they are ready
-(`add`), leave when they die (`remove`) or are drained (`drain`: they finish the request
-they hold, then the callback fires). Everything here runs on the daemon's one event loop.
+Each API has one bounded FIFO of waiting requests (jobs) and a set of idle replicas. A
+replica takes one request at a time: a job goes to an idle replica at once, or waits in the
+queue until one is free, or until its deadline passes. The queue itself sends: when a
+replica's answer arrives, the next waiting job is written to that replica in the same loop
+callback, before the answered request's coroutine even resumes, so a busy API's replica
+does not sit idle for a trip through the event loop between requests.
+
+Replicas enter when they are ready (`add`), leave when they die (`remove`) or are drained
+(`drain`: they finish the request they hold, then the callback fires). A request that never
+reached its replica (the connection could not be made) is retried once on another.
+Everything here runs on the daemon's one event loop.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from cortexd.daemon.upstream import UpstreamConnection
+from cortexd.daemon.upstream import UpstreamConnection, UpstreamError
 
 
 class QueueFull(Exception):
@@ -26,7 +32,35 @@ class NoReplicas(Exception):
 
 
 class DeadlineExceeded(Exception):
-    pass
+    """The request waited in the queue until its deadline."""
+
+
+class PredictionTimeout(Exception):
+    """The request reached a replica but had no answer by its deadline (the replica goes on)."""
+
+
+class ReplicaFailed(Exception):
+    """The replica hung up while it had the request (it exited, or was killed)."""
+
+
+class Unreachable(Exception):
+    """The request could not be delivered to any replica (after its one retry)."""
+
+
+class Job:
+    """One request on its way through the queue: its outcome is `future`."""
+
+    __slots__ = ("target", "body", "future", "deadline", "dispatched_at", "link", "timer", "retried")
+
+    def __init__(self, target: str, body: bytes, future: asyncio.Future[tuple[int, bytes]], deadline: float) -> None:
+        self.target = target
+        self.body = body
+        self.future = future
+        self.deadline = deadline
+        self.dispatched_at: float | None = None  # loop time it was written to a replica
+        self.link: ReplicaLink | None = None  # the replica holding it
+        self.timer: asyncio.TimerHandle | None = None
+        self.retried = False
 
 
 @dataclass(eq=False)
@@ -40,6 +74,7 @@ class ReplicaLink:
     active: bool = True  # False once drained or removed: never handed out again
     on_drained: Callable[[], None] | None = None
     served: int = 0
+    job: Job | None = None  # the request it holds
 
 
 @dataclass(eq=False)
@@ -48,62 +83,139 @@ class ApiQueue:
     max_queue: int
     links: dict[str, ReplicaLink] = field(default_factory=dict)
     idle: deque[ReplicaLink] = field(default_factory=deque)
-    waiters: deque[asyncio.Future[ReplicaLink]] = field(default_factory=deque)
-    in_flight: int = 0
+    waiting: deque[Job] = field(default_factory=deque)
+    in_flight: int = 0  # jobs written to a replica and not answered yet (timed-out ones included)
     # While a replacement for a crashed replica is starting, requests wait for it (up to
     # their deadline) instead of failing with 503; the supervisor turns this on and off.
     hold_when_empty: bool = False
 
     @property
     def queued(self) -> int:
-        return len(self.waiters)
+        return len(self.waiting)
 
     def has_replicas(self) -> bool:
         return bool(self.links)
 
     # -- the hot path -------------------------------------------------------------------
 
-    async def acquire(self, timeout: float) -> ReplicaLink:
+    def submit(self, target: str, body: bytes, deadline: float) -> Job:
+        """Start a request: sent to an idle replica now, or queued. Its outcome is job.future.
+
+        Raises NoReplicas or QueueFull at once when it can be neither sent nor queued.
+        The future fails with NoReplicas, DeadlineExceeded, PredictionTimeout, ReplicaFailed
+        or Unreachable; call `abandon` if the caller stops waiting for it.
+        """
+        loop = asyncio.get_running_loop()
         idle = self.idle
         while idle:
             link = idle.popleft()
             if link.active:
-                link.busy = True
-                return link
+                job = Job(target, body, loop.create_future(), deadline)
+                job.timer = loop.call_at(deadline, self._expire, job)
+                self._send(link, job, loop.time())
+                return job
         if not self.links and not self.hold_when_empty:
             raise NoReplicas()
-        if len(self.waiters) >= self.max_queue:
+        if len(self.waiting) >= self.max_queue:
             raise QueueFull()
-        fut: asyncio.Future[ReplicaLink] = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded() from None
-        except asyncio.CancelledError:
-            # The client went away while waiting: give back a replica we were handed.
-            if fut.done() and not fut.cancelled():
-                self.release(fut.result())
-            raise
-        finally:
-            if not fut.done():
-                fut.cancel()
+        job = Job(target, body, loop.create_future(), deadline)
+        job.timer = loop.call_at(deadline, self._expire, job)
+        self.waiting.append(job)
+        return job
+
+    def abandon(self, job: Job) -> None:
+        """The caller went away: a queued job leaves the queue; a sent one runs to its end
+        (the replica is released when it answers)."""
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
+        if job.link is None:
             try:
-                self.waiters.remove(fut)
+                self.waiting.remove(job)
             except ValueError:
                 pass
 
+    def _send(self, link: ReplicaLink, job: Job, now: float) -> None:
+        link.busy = True
+        link.job = job
+        job.link = link
+        job.dispatched_at = now
+        self.in_flight += 1
+        link.conn.send(job.target, job.body)
+
+    def _answered(self, link: ReplicaLink, status: int, payload: bytes) -> None:
+        job = link.job
+        if job is None:
+            return
+        link.job = None
+        self.in_flight -= 1
+        link.served += 1
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
+        if not job.future.done():  # else it timed out or its client left: the answer goes nowhere
+            job.future.set_result((status, payload))
+        self.release(link)
+
+    def _failed(self, link: ReplicaLink, error: UpstreamError) -> None:
+        job = link.job
+        link.job = None
+        if job is not None:
+            self.in_flight -= 1
+            job.link = None
+        self.remove(link.replica_id)
+        if job is None or job.future.done():
+            return
+        if error.sent:
+            self._settle(job, ReplicaFailed(str(error)))
+        elif job.retried:
+            self._settle(job, Unreachable(str(error)))
+        elif not self.links and not self.hold_when_empty:
+            self._settle(job, NoReplicas())
+        else:  # it never reached the replica: once more, at the head of the queue
+            job.retried = True
+            job.dispatched_at = None
+            self.waiting.appendleft(job)
+            self._pump()
+
+    def _expire(self, job: Job) -> None:
+        job.timer = None
+        if job.future.done():
+            return
+        if job.link is None:
+            try:
+                self.waiting.remove(job)
+            except ValueError:
+                pass
+            job.future.set_exception(DeadlineExceeded())
+        else:
+            job.future.set_exception(PredictionTimeout())
+
+    def _settle(self, job: Job, exc: Exception) -> None:
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
+        if not job.future.done():
+            job.future.set_exception(exc)
+
+    def _pump(self) -> None:
+        """Hand waiting jobs to idle replicas (after a job was put back at the head)."""
+        while self.waiting and self.idle:
+            link = self.idle.popleft()
+            if link.active and not link.busy:
+                self.release(link)
+
     def release(self, link: ReplicaLink) -> None:
+        """The replica is free: give it the next waiting job, else mark it idle."""
         link.busy = False
         if not link.active:
             self._finish_drain(link)
             return
-        waiters = self.waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                link.busy = True
-                fut.set_result(link)
+        waiting = self.waiting
+        while waiting:
+            job = waiting.popleft()
+            if not job.future.done():
+                self._send(link, job, asyncio.get_running_loop().time())
                 return
         self.idle.append(link)
 
@@ -111,6 +223,8 @@ class ApiQueue:
 
     def add(self, link: ReplicaLink) -> None:
         self.links[link.replica_id] = link
+        link.conn.on_response = lambda status, payload, link=link: self._answered(link, status, payload)
+        link.conn.on_failure = lambda error, link=link: self._failed(link, error)
         self.release(link)
 
     def drain(self, replica_id: str, on_drained: Callable[[], None]) -> None:
@@ -148,7 +262,5 @@ class ApiQueue:
 
     def _fail_waiters(self) -> None:
         """No replica is left to serve the queue: answer waiters now rather than at their deadline."""
-        while self.waiters:
-            fut = self.waiters.popleft()
-            if not fut.done():
-                fut.set_exception(NoReplicas())
+        while self.waiting:
+            self._settle(self.waiting.popleft(), NoReplicas())

@@ -13,8 +13,18 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from cortexd import protocol
-from cortexd.daemon.dispatch import ApiQueue, DeadlineExceeded, NoReplicas, QueueFull, ReplicaLink
-from cortexd.daemon.upstream import UpstreamConnection, UpstreamError
+from cortexd.daemon.dispatch import (
+    ApiQueue,
+    DeadlineExceeded,
+    Job,
+    NoReplicas,
+    PredictionTimeout,
+    QueueFull,
+    ReplicaFailed,
+    ReplicaLink,
+    Unreachable,
+)
+from cortexd.daemon.upstream import UpstreamConnection
 
 log = logging.getLogger("cortexd.proxy")
 
@@ -139,53 +149,42 @@ class Proxy:
 
     async def _dispatch(self, api: str, body: bytes, query: str, started: float) -> tuple[Answer, float]:
         q = self.queues.get(api)
-        loop = asyncio.get_running_loop()
-        deadline = started + self.settings.request_timeout_s
+        if q is None:
+            return self._unavailable(api, "the API has no replicas"), 0.0
         target = protocol.PREDICT_PATH + ("?" + query if query else "")
-        for _attempt in range(2):  # one retry when the request never reached the replica
-            if q is None:
-                return self._unavailable(api, "the API has no replicas"), 0.0
-            try:
-                link = await q.acquire(deadline - loop.time())
-            except NoReplicas:
-                return self._unavailable(api, "no replica is ready"), loop.time() - started
-            except QueueFull:
-                return self._unavailable(api, f"all replicas are busy and the queue is full ({q.max_queue})"), loop.time() - started
-            except DeadlineExceeded:
-                return _error(504, f"waited longer than the request timeout ({self.settings.request_timeout_s:g}s) for a replica"), loop.time() - started
-            queue_s = loop.time() - started
-            q.in_flight += 1
-            task = asyncio.ensure_future(link.conn.request("POST", target, body))
-            try:
-                done, _ = await asyncio.wait((task,), timeout=max(0.0, deadline - loop.time()))
-            except asyncio.CancelledError:
-                # The client left: the replica still finishes; release it when it does.
-                task.add_done_callback(lambda t, q=q, link=link: self._finish_late(q, link, t))
-                raise
-            if not done:
-                task.add_done_callback(lambda t, q=q, link=link: self._finish_late(q, link, t))
-                return _error(504, f"the prediction ran longer than the request timeout ({self.settings.request_timeout_s:g}s)"), queue_s
-            q.in_flight -= 1
-            exc = task.exception()
-            if exc is None:
-                status, payload = task.result()
-                link.served += 1
-                q.release(link)
-                return Answer(status, payload), queue_s
-            q.remove(link.replica_id)
-            if isinstance(exc, UpstreamError) and not exc.sent:
-                log.warning("%s: replica %s unreachable (%s); retrying on another", api, link.replica_id, exc)
-                continue
-            log.warning("%s: replica %s failed during a request: %s", api, link.replica_id, exc)
-            return self._unavailable(api, "the replica exited while handling the request"), queue_s
-        return self._unavailable(api, "no replica could be reached"), 0.0
+        try:
+            job = q.submit(target, body, started + self.settings.request_timeout_s)
+        except NoReplicas:
+            return self._unavailable(api, "no replica is ready"), 0.0
+        except QueueFull:
+            return self._unavailable(api, f"all replicas are busy and the queue is full ({q.max_queue})"), 0.0
+        try:
+            status, payload = await job.future
+        except asyncio.CancelledError:
+            # The client left: a queued request leaves the queue; one a replica holds runs to
+            # its end, and the replica is released when it answers.
+            q.abandon(job)
+            raise
+        except (NoReplicas, DeadlineExceeded, PredictionTimeout, ReplicaFailed, Unreachable) as exc:
+            return self._failure(api, q, job, exc, started)
+        dispatched = job.dispatched_at
+        return Answer(status, payload), (dispatched - started if dispatched is not None else 0.0)
 
-    def _finish_late(self, q: ApiQueue, link: ReplicaLink, task: asyncio.Future[Any]) -> None:
-        q.in_flight -= 1
-        if task.cancelled() or task.exception() is not None:
-            q.remove(link.replica_id)
-        else:
-            q.release(link)
+    def _failure(self, api: str, q: ApiQueue, job: Job, exc: Exception, started: float) -> tuple[Answer, float]:
+        loop = asyncio.get_running_loop()
+        queue_s = (job.dispatched_at if job.dispatched_at is not None else loop.time()) - started
+        timeout = self.settings.request_timeout_s
+        if isinstance(exc, NoReplicas):
+            return self._unavailable(api, "no replica is ready"), queue_s
+        if isinstance(exc, DeadlineExceeded):
+            return _error(504, f"waited longer than the request timeout ({timeout:g}s) for a replica"), queue_s
+        if isinstance(exc, PredictionTimeout):
+            return _error(504, f"the prediction ran longer than the request timeout ({timeout:g}s)"), queue_s
+        if isinstance(exc, ReplicaFailed):
+            log.warning("%s: a replica failed during a request: %s", api, exc)
+            return self._unavailable(api, "the replica exited while handling the request"), queue_s
+        log.warning("%s: no replica could be reached: %s", api, exc)
+        return self._unavailable(api, "no replica could be reached"), queue_s
 
     def _unavailable(self, api: str, reason: str) -> Answer:
         status = self.directory.api_status(api)

@@ -1,0 +1,1 @@
+"""Benchmarks for cortexd (issue 7): see bench/README.md."""

@@ -1,0 +1,160 @@
+"""The replica's end of the hop: a minimal HTTP/1.1 server on its Unix socket.
+
+The only client is the daemon's upstream connection (cortexd/daemon/upstream.py), which
+sends requests with a Content-Length body on one persistent connection. That narrow
+contract lets a request cost one search for the end of the header block, a few slices and
+one write. Sanic, which served here before, spent more per request on parsing, request and
+response objects than a small model's prediction takes (bench/README.md has the figures).
+Anything outside the contract is answered 400 and the connection closes.
+
+The handler runs synchronously inside `data_received`: a replica handles one request at a
+time on purpose, and handing the prediction to a task or a thread would only add latency.
+Requests that arrive back to back on the connection are answered in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+from typing import Callable
+
+# (method, path, query string, body) -> (status, JSON body)
+Handler = Callable[[str, str, str, bytes], "tuple[int, bytes]"]
+
+MAX_HEADER_BYTES = 64 * 1024
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+_OK_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+
+
+def response_head(status: int, length: int, close: bool = False) -> bytes:
+    if status == 200 and not close:  # the usual answer, without formatting the whole head
+        return _OK_HEAD + str(length).encode() + b"\r\n\r\n"
+    return (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\ncontent-type: application/json\r\n"
+        f"content-length: {length}\r\n" + ("connection: close\r\n" if close else "") + "\r\n"
+    ).encode("latin-1")
+
+
+class RequestError(Exception):
+    """The bytes on the connection are not a request this server accepts."""
+
+
+def parse_head(head: bytes) -> tuple[str, str, str, int, bool]:
+    """(method, path, query, content length, close) of a header block without its final CRLFCRLF."""
+    line_end = head.find(b"\r\n")
+    request_line = head if line_end < 0 else head[:line_end]
+    parts = request_line.split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        raise RequestError("malformed request line")
+    method = parts[0].decode("latin-1")
+    target = parts[1].decode("latin-1")
+    path, _, query = target.partition("?")
+    length = 0
+    close = parts[2] == b"HTTP/1.0"
+    if line_end >= 0:
+        lower = head[line_end:].lower()
+        at = lower.find(b"\r\ncontent-length:")
+        if at >= 0:
+            end = lower.find(b"\r\n", at + 2)
+            try:
+                length = int(lower[at + 17 : end if end >= 0 else len(lower)])
+            except ValueError:
+                raise RequestError("malformed content-length") from None
+            if length < 0:
+                raise RequestError("malformed content-length")
+        if b"\r\ntransfer-encoding:" in lower:
+            raise RequestError("transfer-encoding is not supported; send a content-length")
+        at = lower.find(b"\r\nconnection:")
+        if at >= 0:
+            end = lower.find(b"\r\n", at + 2)
+            value = lower[at + 13 : end if end >= 0 else len(lower)].strip()
+            close = value == b"close" or (close and value != b"keep-alive")
+    return method, path, query, length, close
+
+
+class ReplicaProtocol(asyncio.Protocol):
+    """One connection from the daemon."""
+
+    def __init__(self, handler: Handler, connections: set["ReplicaProtocol"]) -> None:
+        self._handler = handler
+        self._connections = connections
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()  # bytes received past the last complete request
+        # Set once a header block is parsed, until its body is complete.
+        self._pending: tuple[str, str, str, int, bool, int] | None = None
+
+    @property
+    def idle(self) -> bool:
+        return not self._buf and self._pending is None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._transport = None
+
+    # Flow control: the daemon always reads its answers, but if it stops, stop reading too.
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        buf: bytes | bytearray
+        if self._buf:
+            self._buf += data  # in place: a large body arriving in chunks is not copied per chunk
+            buf = self._buf
+        else:
+            buf = data  # the usual case, a whole request in one read: no copy
+        handler = self._handler
+        while self._transport is not None:
+            pending = self._pending
+            if pending is None:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > MAX_HEADER_BYTES:
+                        self._reject("header block too large")
+                        return
+                    break
+                try:
+                    method, path, query, length, close = parse_head(buf[:end])
+                except RequestError as exc:
+                    self._reject(str(exc))
+                    return
+                pending = self._pending = (method, path, query, length, close, end + 4)
+            method, path, query, length, close, start = pending
+            if len(buf) < start + length:
+                break
+            body = bytes(buf[start : start + length])
+            buf = buf[start + length :]
+            self._pending = None
+            status, payload = handler(method, path, query, body)
+            transport = self._transport
+            if transport is None:  # the handler's work outlived the connection
+                return
+            transport.write(response_head(status, len(payload), close) + payload)
+            if close:
+                transport.close()
+                self._transport = None
+                return
+        self._buf = buf if isinstance(buf, bytearray) else bytearray(buf)
+
+    def close_if_idle(self) -> None:
+        if self.idle and self._transport is not None:
+            self._transport.close()
+
+    def _reject(self, reason: str) -> None:
+        body = ('{"error": "bad request: %s"}' % reason).encode()
+        if self._transport is not None:
+            self._transport.write(response_head(400, len(body), close=True) + body)
+            self._transport.close()
+        self._transport = None
+        self._buf = bytearray()
+        self._pending = None
