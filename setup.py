@@ -17,6 +17,7 @@ setup(
         "onnxruntime-gpu>=1.17",
         "sdnotify>=0.3",
         "prometheus-client>=0.19",
+        "ujson>=5",  # the hot path parses JSON with it (falls back to json); sanic needs it anyway
     ],
     extras_require={
         "tensorflow": ["tensorflow-cpu>=2.15; platform_machine == 'x86_64'"],
