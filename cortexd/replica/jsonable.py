@@ -12,7 +12,7 @@ raises `InputMismatch` saying what did not fit. The ONNX and TensorFlow clients 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 _PLAIN = (str, int, float, bool, type(None))
 _KEY_TYPES = (str, int, float, bool, type(None))
@@ -190,3 +190,15 @@ def _cast(arr: Any, target: Any, expected: Callable[[], str]) -> Any:
     if target.kind == "b" and kind in "iu" and not np.all((arr == 0) | (arr == 1)):
         raise InputMismatch(f"{expected()}; got integers other than 0 and 1")
     return arr.astype(target)
+
+
+def name_mismatch(payload: Mapping[Any, Any], names: Sequence[str]) -> str | None:
+    """What is wrong with the keys of a payload for a model taking inputs `names`, or None."""
+    missing = [n for n in names if n not in payload]
+    extra = sorted(str(k) for k in payload if k not in names)
+    parts = []
+    if missing:
+        parts.append(f"missing inputs {missing}")
+    if extra:
+        parts.append(f"unexpected keys {extra}")
+    return "; ".join(parts) or None

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from cortexd.models import ModelFetchError, unpack_local_zip
-from cortexd.replica.jsonable import InputMismatch, describe_shape, to_array, to_jsonable
+from cortexd.replica.jsonable import InputMismatch, describe_shape, name_mismatch, to_array, to_jsonable
 from cortexd.replica.predictors import (
     PayloadError,
     Predictor,
@@ -148,15 +148,9 @@ class ONNXClient:
                 f"the model has {len(names)} inputs {names}: send an object by input name; "
                 f"got {type(payload).__name__}"
             )
-        missing = [n for n in names if n not in payload]
-        extra = sorted(str(k) for k in payload if k not in self.input_signature)
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing inputs {missing}")
-            if extra:
-                parts.append(f"unexpected keys {extra}")
-            raise PayloadError(f"{'; '.join(parts)} (the model's inputs are {names})")
+        mismatch = name_mismatch(payload, names)
+        if mismatch:
+            raise PayloadError(f"{mismatch} (the model's inputs are {names})")
         return {n: self._convert(n, payload[n]) for n in names}
 
     def _convert(self, name: str, value: Any) -> Any:

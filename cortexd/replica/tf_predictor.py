@@ -18,7 +18,7 @@ import zipfile
 from typing import Any
 
 from cortexd.models import ModelFetchError, unpack_local_zip
-from cortexd.replica.jsonable import InputMismatch, to_array, to_jsonable
+from cortexd.replica.jsonable import InputMismatch, name_mismatch, to_array, to_jsonable
 from cortexd.replica.predictors import (
     PayloadError,
     Predictor,
@@ -185,15 +185,9 @@ class TensorFlowClient:
                     f"got {type(payload).__name__}"
                 )
             payload = {names[0]: payload}
-        missing = [n for n in names if n not in payload]
-        extra = sorted(str(k) for k in payload if k not in self.input_signature)
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing inputs {missing}")
-            if extra:
-                parts.append(f"unexpected keys {extra}")
-            raise PayloadError(f"{'; '.join(parts)} (signature {self.signature_key!r} takes {names})")
+        mismatch = name_mismatch(payload, names)
+        if mismatch:
+            raise PayloadError(f"{mismatch} (signature {self.signature_key!r} takes {names})")
         inputs = {}
         for name in names:
             dtype, shape = self.input_signature[name]
