@@ -80,7 +80,6 @@ class ApiRecord:
 class Daemon:
     def __init__(self, settings: DaemonSettings, nvml: Nvml) -> None:
         self.settings = settings
-        self.config: Config | None = None
         self.records: dict[str, ApiRecord] = {}
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.stop_requested = asyncio.Event()
@@ -364,10 +363,7 @@ class Daemon:
                     if a.kind == "add":
                         self._fail_record(a.api, reason)  # type: ignore[arg-type]
                     elif a.kind == "replace":
-                        serving = self.records[a.name]
-                        # Worded like the supervisor's failed update, shown by `get` as last_error.
-                        serving.last_reload_error = f"update failed, still serving version {serving.version}: {reason}"
-                        self.api_log(a.name, serving.last_reload_error)
+                        self._reload_failed(self.records[a.name], reason)
                 # `cortexd reload` (and so `systemctl reload`) must exit 1 when a version failed.
                 failed_names.update(a.name for a in actions if a.kind in ("add", "replace"))
                 lines += [f"{a.name}: failed ({reason})" for a in actions if a.kind in ("add", "replace")]
@@ -425,7 +421,6 @@ class Daemon:
                 waits.append((name, future))
                 lines.append(action.describe())
         self.supervisor.reconcile()
-        self.config = config
         if not wait:
             return {"ok": not failed_names, "lines": lines}
         ok = not failed_names
@@ -459,17 +454,21 @@ class Daemon:
             record.spec = api
             record.error = reason
             self.proxy.set_route(api.name, api.endpoint)
+            self.api_log(api.name, reason)
         else:  # the old version keeps serving
-            record.last_reload_error = reason
-        self.api_log(api.name, reason)
+            self._reload_failed(record, reason)
+
+    def _reload_failed(self, record: ApiRecord, reason: str) -> None:
+        """A reload could not prepare the new version; `get` shows why as last_error, worded
+        like the supervisor's own failed update."""
+        record.last_reload_error = f"update failed, still serving version {record.version}: {reason}"
+        self.api_log(record.spec.name, record.last_reload_error)
 
     def _remove_api(self, name: str) -> None:
         """New requests get 404 at once; queued and running ones finish; then it stops."""
         record = self.records[name]
         record.removing = True
-        for endpoint, api in list(self.proxy.routes.items()):
-            if api == name:
-                del self.proxy.routes[endpoint]
+        self.proxy.remove_route(name)
         if name in self.supervisor.apis:
             self.supervisor.remove_api(name)
         else:
@@ -485,7 +484,7 @@ class Daemon:
         self.tracker.forget(name)
         self.metrics.forget(name)
         self.records.pop(name, None)
-        self.proxy.queues.pop(name, None)
+        self.proxy.forget(name)
         self.compute.forget_api(name)
 
     def _finish_removals(self) -> None:
@@ -544,7 +543,7 @@ class Daemon:
                             "restarts": rep.restarts,
                         }
                     )
-        queue = self.proxy.queues.get(name)
+        in_flight, queued = self.proxy.queue_counts(name)
         return {
             "name": name,
             "status": self.api_status(name),
@@ -557,7 +556,7 @@ class Daemon:
             "last_error": last_error,
             "replicas": replicas,
             "metrics": record.stats.snapshot(),
-            "queue": {"in_flight": queue.in_flight if queue else 0, "queued": queue.queued if queue else 0},
+            "queue": {"in_flight": in_flight, "queued": queued},
             "tracker": self.tracker.summary(name),
         }
 
@@ -592,7 +591,7 @@ class Daemon:
         apis = []
         for name in list(self.records):
             runtime = self.supervisor.apis.get(name)
-            queue = self.proxy.queues.get(name)
+            in_flight, queued = self.proxy.queue_counts(name)
             states: dict[str, int] = {}
             restarts = 0
             if runtime is not None:
@@ -602,8 +601,8 @@ class Daemon:
                     restarts += sum(slot.restarts for slot in gen.slots.values())
             apis.append(ApiMetricsState(
                 name=name,
-                in_flight=queue.in_flight if queue else 0,
-                queued=queue.queued if queue else 0,
+                in_flight=in_flight,
+                queued=queued,
                 replicas=states,
                 restarts=restarts,
                 tracker=self.tracker.summary(name),
@@ -632,29 +631,28 @@ class Daemon:
         if cmd == "get":
             name = request.get("api")
             if name:
-                if name not in self.records:
-                    raise ControlError(f"no API named {name!r}; APIs: {', '.join(self.records) or 'none'}")
-                return self.api_view(name)
+                return self.api_view(self._known_api(name))
             return {"apis": [self.api_view(n) for n in self.records]}
         if cmd == "predict":
-            name = request.get("api", "")
-            if name not in self.records:
-                raise ControlError(f"no API named {name!r}; APIs: {', '.join(self.records) or 'none'}")
+            name = self._known_api(request.get("api", ""))
             body = str(request.get("body", "")).encode()
             answer = await self.proxy.predict(name, body, "debug=true" if request.get("debug") else "")
             return {"status": answer.status, "body": answer.body.decode("utf-8", "replace")}
         if cmd == "reload":
             return await self.reload(list(request.get("force") or []))
         if cmd == "logs":
-            name = request.get("api", "")
-            if name not in self.records:
-                raise ControlError(f"no API named {name!r}; APIs: {', '.join(self.records) or 'none'}")
+            name = self._known_api(request.get("api", ""))
             return self._logs(name, int(request.get("lines", 100)), bool(request.get("follow")))
         if cmd == "gpus":
             return self.compute.gpu_table(self._api_of_replica)
         if cmd == "version":
             return {"version": __version__}
         raise ControlError(f"unknown command {cmd!r}")
+
+    def _known_api(self, name: str) -> str:
+        if name not in self.records:
+            raise ControlError(f"no API named {name!r}; APIs: {', '.join(self.records) or 'none'}")
+        return name
 
     def _api_of_replica(self, replica_id: str) -> str | None:
         for name, api in self.supervisor.apis.items():

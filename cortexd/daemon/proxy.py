@@ -30,7 +30,6 @@ log = logging.getLogger("cortexd.proxy")
 
 JSON = "application/json"
 CORS = {"Access-Control-Allow-Origin": "*"}
-RESERVED_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
 @dataclass
@@ -96,12 +95,22 @@ class Proxy:
             self.queues[api] = ApiQueue(api, self.settings.max_queue)
 
     def remove_route(self, api: str) -> None:
+        """New requests to the API get 404; its queue stays until `forget`, so the requests
+        it holds are still answered while its replicas drain."""
         for ep, name in list(self.routes.items()):
             if name == api:
                 del self.routes[ep]
+
+    def forget(self, api: str) -> None:
+        self.remove_route(api)
         q = self.queues.pop(api, None)
         if q is not None:
             q.set_hold_when_empty(False)
+
+    def queue_counts(self, api: str) -> tuple[int, int]:
+        """(in flight at replicas, waiting in the queue) for an API."""
+        q = self.queues.get(api)
+        return (q.in_flight, q.queued) if q is not None else (0, 0)
 
     # -- Router protocol (supervisor) ----------------------------------------------------
 
