@@ -29,27 +29,16 @@ class UpstreamError(Exception):
         self.sent = sent
 
 
-_PREDICT_HEAD = (
-    f"POST {protocol.PREDICT_PATH} HTTP/1.1\r\nhost: replica\r\ncontent-type: application/json\r\ncontent-length: "
-).encode("latin-1")
+_HEAD_AFTER_TARGET = b" HTTP/1.1\r\nhost: replica\r\ncontent-type: application/json\r\ncontent-length: "
 
 
 def request_head(target: str, length: int) -> bytes:
-    if target == protocol.PREDICT_PATH:  # the usual request, without formatting the whole head
-        return _PREDICT_HEAD + str(length).encode() + b"\r\n\r\n"
-    return (
-        f"POST {target} HTTP/1.1\r\nhost: replica\r\ncontent-type: application/json\r\n"
-        f"content-length: {length}\r\n\r\n"
-    ).encode("latin-1")
+    return b"POST " + target.encode("latin-1") + _HEAD_AFTER_TARGET + str(length).encode() + b"\r\n\r\n"
 
 
 def content_length(header_block: bytes | bytearray) -> int:
-    lower = header_block.lower()
-    at = lower.find(b"\r\ncontent-length:")
-    if at < 0:
-        return 0
-    end = lower.find(b"\r\n", at + 2)
-    return int(lower[at + 17 : end if end >= 0 else len(lower)])
+    value = protocol.header_value(header_block.lower(), b"content-length")
+    return int(value) if value is not None else 0
 
 
 class UpstreamConnection:

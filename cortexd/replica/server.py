@@ -18,6 +18,8 @@ import asyncio
 from http import HTTPStatus
 from typing import Callable
 
+from cortexd.protocol import header_value
+
 # (method, path, query string, body) -> (status, JSON body)
 Handler = Callable[[str, str, str, bytes], "tuple[int, bytes]"]
 
@@ -55,21 +57,18 @@ def parse_head(head: bytes) -> tuple[str, str, str, int, bool]:
     close = parts[2] == b"HTTP/1.0"
     if line_end >= 0:
         lower = head[line_end:].lower()
-        at = lower.find(b"\r\ncontent-length:")
-        if at >= 0:
-            end = lower.find(b"\r\n", at + 2)
+        value = header_value(lower, b"content-length")
+        if value is not None:
             try:
-                length = int(lower[at + 17 : end if end >= 0 else len(lower)])
+                length = int(value)
             except ValueError:
                 raise RequestError("malformed content-length") from None
             if length < 0:
                 raise RequestError("malformed content-length")
-        if b"\r\ntransfer-encoding:" in lower:
+        if header_value(lower, b"transfer-encoding") is not None:
             raise RequestError("transfer-encoding is not supported; send a content-length")
-        at = lower.find(b"\r\nconnection:")
-        if at >= 0:
-            end = lower.find(b"\r\n", at + 2)
-            value = lower[at + 13 : end if end >= 0 else len(lower)].strip()
+        value = header_value(lower, b"connection")
+        if value is not None:
             close = value == b"close" or (close and value != b"keep-alive")
     return method, path, query, length, close
 
