@@ -93,9 +93,6 @@ class ApiQueue:
     def queued(self) -> int:
         return len(self.waiting)
 
-    def has_replicas(self) -> bool:
-        return bool(self.links)
-
     # -- the hot path -------------------------------------------------------------------
 
     def submit(self, target: str, body: bytes, deadline: float) -> Job:
@@ -106,34 +103,37 @@ class ApiQueue:
         or Unreachable; call `abandon` if the caller stops waiting for it.
         """
         loop = asyncio.get_running_loop()
+        link = None
         idle = self.idle
-        while idle:
-            link = idle.popleft()
-            if link.active:
-                job = Job(target, body, loop.create_future(), deadline)
-                job.timer = loop.call_at(deadline, self._expire, job)
-                self._send(link, job, loop.time())
-                return job
-        if not self.links and not self.hold_when_empty:
-            raise NoReplicas()
-        if len(self.waiting) >= self.max_queue:
-            raise QueueFull()
+        while idle and link is None:
+            candidate = idle.popleft()
+            if candidate.active:
+                link = candidate
+        if link is None:
+            if not self.links and not self.hold_when_empty:
+                raise NoReplicas()
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFull()
         job = Job(target, body, loop.create_future(), deadline)
         job.timer = loop.call_at(deadline, self._expire, job)
-        self.waiting.append(job)
+        if link is not None:
+            self._send(link, job, loop.time())
+        else:
+            self.waiting.append(job)
         return job
 
     def abandon(self, job: Job) -> None:
         """The caller went away: a queued job leaves the queue; a sent one runs to its end
         (the replica is released when it answers)."""
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
+        _stop_timer(job)
         if job.link is None:
-            try:
-                self.waiting.remove(job)
-            except ValueError:
-                pass
+            self._unqueue(job)
+
+    def _unqueue(self, job: Job) -> None:
+        try:
+            self.waiting.remove(job)
+        except ValueError:
+            pass
 
     def _send(self, link: ReplicaLink, job: Job, now: float) -> None:
         link.busy = True
@@ -150,9 +150,7 @@ class ApiQueue:
         link.job = None
         self.in_flight -= 1
         link.served += 1
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
+        _stop_timer(job)
         if not job.future.done():  # else it timed out or its client left: the answer goes nowhere
             job.future.set_result((status, payload))
         self.release(link)
@@ -183,18 +181,13 @@ class ApiQueue:
         if job.future.done():
             return
         if job.link is None:
-            try:
-                self.waiting.remove(job)
-            except ValueError:
-                pass
+            self._unqueue(job)
             job.future.set_exception(DeadlineExceeded())
         else:
             job.future.set_exception(PredictionTimeout())
 
     def _settle(self, job: Job, exc: Exception) -> None:
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
+        _stop_timer(job)
         if not job.future.done():
             job.future.set_exception(exc)
 
@@ -264,3 +257,9 @@ class ApiQueue:
         """No replica is left to serve the queue: answer waiters now rather than at their deadline."""
         while self.waiting:
             self._settle(self.waiting.popleft(), NoReplicas())
+
+
+def _stop_timer(job: Job) -> None:
+    if job.timer is not None:
+        job.timer.cancel()
+        job.timer = None
