@@ -133,15 +133,7 @@ def tree_digest(path: str) -> str:
         h.update(b"file\0")
         _feed_file(h, path, st)
         return h.hexdigest()
-    count = 0
-    for rel, full, fst in _walk_files(path, skip_hidden=False, suffix=None):
-        count += 1
-        if count > MAX_MODEL_FILES:
-            log.warning("model folder %s has more than %d files; fingerprint truncated", path, MAX_MODEL_FILES)
-            h.update(b"truncated")
-            break
-        h.update(rel.encode("utf-8", "surrogateescape") + b"\0")
-        _feed_file(h, full, fst)
+    _feed_files(h, _walk_files(path, skip_hidden=False, suffix=None), MAX_MODEL_FILES, f"model folder {path}")
     return h.hexdigest()
 
 
@@ -152,16 +144,19 @@ def python_files_digest(root: str) -> str:
     if not os.path.isdir(root):
         h.update(b"absent")
         return h.hexdigest()
-    count = 0
-    for rel, full, fst in _walk_files(root, skip_hidden=True, suffix=".py"):
-        count += 1
-        if count > MAX_PY_FILES:
-            log.warning("python_path %s has more than %d .py files; fingerprint truncated", root, MAX_PY_FILES)
+    _feed_files(h, _walk_files(root, skip_hidden=True, suffix=".py"), MAX_PY_FILES, f"python_path {root}")
+    return h.hexdigest()
+
+
+def _feed_files(h: Any, files: Iterator[tuple[str, str, os.stat_result]], limit: int, what: str) -> None:
+    """Feed each file's relative name and content to h, at most `limit` files."""
+    for count, (rel, full, fst) in enumerate(files, 1):
+        if count > limit:
+            log.warning("%s has more than %d files to fingerprint; fingerprint truncated", what, limit)
             h.update(b"truncated")
-            break
+            return
         h.update(rel.encode("utf-8", "surrogateescape") + b"\0")
         _feed_file(h, full, fst)
-    return h.hexdigest()
 
 
 def _walk_files(root: str, *, skip_hidden: bool, suffix: str | None) -> Iterator[tuple[str, str, os.stat_result]]:
