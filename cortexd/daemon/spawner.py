@@ -23,6 +23,7 @@ import sys
 from typing import Callable
 
 from cortexd.daemon.cgroups import ReplicaCgroups
+from cortexd.daemon.systemd import child_env
 from cortexd.daemon.supervisor import (
     Event,
     ReplicaExited,
@@ -30,7 +31,6 @@ from cortexd.daemon.supervisor import (
     ReplicaOverMemory,
     ReplicaReady,
     SpawnRequest,
-    Version,
 )
 from cortexd import protocol
 
@@ -88,33 +88,31 @@ class ProcessSpawner:
         loop = asyncio.get_running_loop()
         rid = request.replica_id
         api = request.api
+        version = request.version
         spec_path = os.path.join(self.dir, f"{rid}.json")
         context = {
             "api_name": api.name,
             "kind": api.predictor.kind,
-            "predictor_path": in_snapshot(api.predictor.predictor, request.version),
-            "model_path": in_snapshot(request.version.model_path, request.version),
+            "predictor_path": version.predictor_path or api.predictor.predictor,
+            "model_path": version.model_path,
             "signature_key": api.predictor.signature_key,
             "config": api.predictor.config,
-            "python_path": in_snapshot(api.python_path, request.version),
+            "python_path": version.python_path or api.python_path,
             # CUDA_VISIBLE_DEVICES renumbers the chosen GPUs from 0 inside the replica.
             "gpus": list(range(len(request.gpus))),
             "cpu": api.compute.cpu,
         }
         with open(spec_path, "w") as f:
             json.dump(context, f)
-        env = dict(os.environ)
+        env = child_env(os.environ)  # only the daemon speaks to systemd
         env.update(self._extra_env)
         env["CUDA_VISIBLE_DEVICES"] = self._gpu_env(request.gpus)
         env["PYTHONUNBUFFERED"] = "1"
         env["CORTEXD_API"] = api.name
         env["CORTEXD_REPLICA_ID"] = rid
-        env.pop("NOTIFY_SOCKET", None)  # only the daemon speaks to systemd
-        env.pop("WATCHDOG_USEC", None)
-        env.pop("WATCHDOG_PID", None)
         status_r, status_w = os.pipe()
         out_r, out_w = os.pipe()
-        python = request.version.python or sys.executable
+        python = version.python or sys.executable
         try:
             proc = subprocess.Popen(
                 [
@@ -128,7 +126,7 @@ class ProcessSpawner:
                 stdout=out_w,
                 stderr=subprocess.STDOUT,
                 pass_fds=(status_w,),
-                cwd=request.version.workdir,
+                cwd=version.workdir,
                 env=env,
                 start_new_session=True,
             )
@@ -171,17 +169,6 @@ def replica_socket_dir(runtime_dir: str) -> str:
         return wanted
     digest = hashlib.sha256(os.path.abspath(runtime_dir).encode()).hexdigest()[:12]
     return f"/tmp/cortexd-{os.getuid()}-{digest}"
-
-
-def in_snapshot(path: str | None, version: Version) -> str | None:
-    """Map a path inside the project to the same path inside the version's snapshot."""
-    if path is None or not version.project_dir:
-        return path
-    project = os.path.realpath(version.project_dir)
-    real = os.path.realpath(path)
-    if real == project or real.startswith(project + os.sep):
-        return os.path.join(version.workdir, os.path.relpath(real, project))
-    return path
 
 
 class _Watcher:

@@ -77,7 +77,10 @@ class Version:
     model_path: str | None  # local path of the fetched model
     fingerprint: str = ""
     python: str | None = None  # interpreter (a per-deployment env), None = the daemon's
-    project_dir: str = ""  # the folder the snapshot was taken of (paths in the spec point there)
+    # The predictor file and python_path inside the snapshot (the spec's point into the
+    # project, which may have changed since); None: use the spec's own (tests).
+    predictor_path: str | None = None
+    python_path: str | None = None
     snapshot_id: str = ""
     env_key: str | None = None
 

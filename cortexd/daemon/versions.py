@@ -64,15 +64,20 @@ class VersionFactory:
         self, api: Api, snapshot: Snapshot, project_dir: str, model_path: str | None, fingerprint: str,
         python: str | None, env_key: str | None,
     ) -> Version:
-        if model_path is not None:
-            model_path = snapshot.map_path(project_dir, model_path)
+        """The version of `api` in `snapshot`: every project path it uses is mapped into the
+        snapshot here, once, so a replica never reads the live project."""
+
+        def inside(path: str | None) -> str | None:
+            return None if path is None else snapshot.map_path(project_dir, path)
+
         return Version(
             number=self._next_number(api.name),
             workdir=snapshot.path,
-            model_path=model_path,
+            model_path=inside(model_path),
             fingerprint=fingerprint,
             python=python,
-            project_dir=os.path.realpath(project_dir),
+            predictor_path=inside(api.predictor.predictor),
+            python_path=inside(api.python_path),
             snapshot_id=snapshot.version_id,
             env_key=env_key,
         )
