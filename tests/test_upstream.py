@@ -298,3 +298,16 @@ def test_handler_errors(method: str, path: str, body: bytes, status: int, says: 
 
     got, payload = build_handler(_Echo())(method, path, "", body)  # type: ignore[arg-type]
     assert got == status and says in json.loads(payload)["error"]
+
+
+def test_predictions_with_numpy_values_and_keys_become_plain_json() -> None:
+    import numpy as np
+
+    from cortexd.replica.main import encode_prediction
+
+    assert encode_prediction({"a": [1, 2.5, "x"], "b": None}) == b'{"a":[1,2.5,"x"],"b":null}'
+    got = json.loads(encode_prediction({"scores": np.array([[0.5, 1.5]], dtype=np.float32), "label": np.int64(2),
+                                        np.int64(7): "numpy key", "tags": {"a"}}))
+    assert got == {"scores": [[0.5, 1.5]], "label": 2, "7": "numpy key", "tags": ["a"]}
+    with pytest.raises(TypeError):
+        encode_prediction({"obj": object()})

@@ -21,6 +21,7 @@ import traceback
 from typing import Any
 
 from cortexd import protocol
+from cortexd.replica.jsonable import to_jsonable
 from cortexd.replica.predictors import (
     PayloadError,
     Predictor,
@@ -45,24 +46,18 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(protocol.EXIT_ORPHANED)
 
 
-def _numpy_default(obj: Any) -> Any:
-    """json.dumps calls this only for types it does not know, so plain results pay nothing."""
-    tolist = getattr(obj, "tolist", None)  # numpy arrays and scalars
-    if tolist is not None:
-        return tolist()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    if isinstance(obj, bytes):
-        return obj.decode("utf-8", "replace")
-    raise TypeError(f"prediction contains a {type(obj).__name__}, which cannot be written as JSON")
-
-
 # One encoder for the process: json.dumps with options builds a new encoder per call.
-_ENCODER = json.JSONEncoder(default=_numpy_default, separators=(",", ":"))
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 def encode_prediction(result: Any) -> bytes:
-    return _ENCODER.encode(result).encode()
+    """A prediction as JSON. Plain values go straight to the encoder; anything it refuses
+    (numpy scalars and arrays, numpy dict keys, bytes, sets) is converted by to_jsonable
+    once and encoded again, so plain results pay nothing for numpy support."""
+    try:
+        return _ENCODER.encode(result).encode()
+    except TypeError:
+        return _ENCODER.encode(to_jsonable(result)).encode()
 
 
 try:  # installed with Sanic; parses a request body several times faster than json
@@ -126,7 +121,7 @@ def build_handler(predictor: Predictor) -> Handler:
                 _log(f"debug: prediction: {_truncate(encoded.decode())}")
             return 200, encoded
         if path == info_path and method == "GET":
-            return 200, json.dumps(predictor.describe(), default=_numpy_default).encode()
+            return 200, encode_prediction(predictor.describe())
         return error(404, f"{method} {path} is not served here")
 
     return handle
