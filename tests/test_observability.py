@@ -397,8 +397,10 @@ def test_readyz_follows_creating_live_and_a_killed_replica(tmp_path) -> None:
         body = wait_for(lambda: not_ready("creating"), 30, 0.05, what="readyz 503 naming gated as creating")
         assert body["ready"] is False and body["not_ready"][0]["ready"] == 0
         assert d.client().get("/healthz").status == 200
-        _, s = scrape(d)
-        assert sample(s, "cortexd_replicas", api="gated", state="starting") == 1
+        # `creating` also covers preparing the version, before the replica process exists.
+        wait_for(lambda: sample(scrape(d)[1], "cortexd_replicas", api="gated", state="starting") == 1, 30,
+                 what="the replica to be starting")
+        assert readyz(d)[0] == 503
 
         open(gate, "w").close()
         wait_for(lambda: readyz(d)[0] == 200, 30, 0.05, what="readyz 200")
