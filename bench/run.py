@@ -148,7 +148,7 @@ def tracker_in_process(answer: bytes, seconds: float = 1.0) -> dict[str, float]:
     """What tracking adds to one request in the daemon, timed in this process: the proxy's
     observer call for a tracked API (parse the answer, count its label) minus an untracked one."""
     from cortexd.config import Tracker
-    from cortexd.daemon.tracker import PredictionTracker
+    from cortexd.daemon.observe.tracker import PredictionTracker
 
     with tempfile.TemporaryDirectory() as d:
         tracker = PredictionTracker(os.path.join(d, "tracker.db"))

@@ -6,7 +6,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cortexd.daemon.admission import (
+from cortexd.daemon.fleet.admission import (
     Capacity,
     Request,
     admit,

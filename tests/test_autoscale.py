@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from cortexd.daemon.autoscale import AutoscaleSettings, AutoscaleState, decide, initial_state, recommend
+from cortexd.daemon.fleet.autoscale import AutoscaleSettings, AutoscaleState, decide, initial_state, recommend
 
 try:
     from cortexd.config import Compute

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from cortexd.config import Api, Compute, PredictorSpec
-from cortexd.daemon import cgroups
-from cortexd.daemon.cgroups import (
+from cortexd.daemon.fleet import cgroups
+from cortexd.daemon.fleet.cgroups import (
     Delegation,
     KernelOom,
     ReplicaCgroups,
@@ -29,8 +29,8 @@ from cortexd.daemon.cgroups import (
     replica_cgroup_name,
     take_over,
 )
-from cortexd.daemon.spawner import ProcessSpawner
-from cortexd.daemon.supervisor import (
+from cortexd.daemon.fleet.spawner import ProcessSpawner
+from cortexd.daemon.fleet.supervisor import (
     ReplicaExited,
     ReplicaOverMemory,
     ReplicaReady,

@@ -1,4 +1,4 @@
-"""The per-API queue (cortexd/daemon/dispatch.py) with fake replica connections.
+"""The per-API queue (cortexd/daemon/serving/dispatch.py) with fake replica connections.
 
 Each test runs on a real event loop; a FakeConn records what was sent and lets the test
 answer or fail it, so every path is driven by hand: no replica process, no sleeping.
@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from cortexd.daemon.dispatch import (
+from cortexd.daemon.serving.dispatch import (
     ApiQueue,
     DeadlineExceeded,
     Job,
@@ -22,7 +22,7 @@ from cortexd.daemon.dispatch import (
     ReplicaLink,
     Unreachable,
 )
-from cortexd.daemon.upstream import UpstreamError
+from cortexd.daemon.serving.upstream import UpstreamError
 
 FAR = 3600.0  # a deadline no test reaches
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import cortexd
-from cortexd.daemon import envs
-from cortexd.daemon.envs import (
+from cortexd.daemon.deploy import envs
+from cortexd.daemon.deploy.envs import (
     KEY_HEX_CHARS,
     MARKER,
     EnvBuilder,

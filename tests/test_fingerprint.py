@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from cortexd.config import Api, Compute, PredictorSpec, Tracker
-from cortexd.daemon import fingerprint as fpmod
-from cortexd.daemon.fingerprint import api_fingerprint, changed_parts, python_files_digest, tree_digest
+from cortexd.daemon.deploy import fingerprint as fpmod
+from cortexd.daemon.deploy.fingerprint import api_fingerprint, changed_parts, python_files_digest, tree_digest
 
 
 def make_project(root: Path) -> Path:
@@ -247,7 +247,7 @@ def test_changed_parts(old: str, new: str, expected: list[str]) -> None:
 
 
 def test_snapshot_store_inside_python_path_does_not_count(tmp_path: Path) -> None:
-    from cortexd.daemon.snapshots import SnapshotStore
+    from cortexd.daemon.deploy.snapshots import SnapshotStore
 
     root = make_project(tmp_path)
     api = make_api(root)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from cortexd.daemon.gpus import (
+from cortexd.daemon.fleet.gpus import (
     FAKE_GPU_MEMORY,
     FakeNvml,
     GpuInfo,

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from cortexd.daemon.latency import (GROWTH, MAX_SECONDS, MIN_SECONDS, N_BUCKETS, LatencyStats, bucket_index,
+from cortexd.daemon.observe.latency import (GROWTH, MAX_SECONDS, MIN_SECONDS, N_BUCKETS, LatencyStats, bucket_index,
                                     bucket_middle)
 
 

@@ -5,7 +5,7 @@ import logging
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cortexd.daemon.metrics import ApiMetricsState, GpuMetricsState, Metrics, MetricsState
+from cortexd.daemon.observe.metrics import ApiMetricsState, GpuMetricsState, Metrics, MetricsState
 
 
 def scrape(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

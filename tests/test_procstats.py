@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import psutil
 import pytest
 
-from cortexd.daemon.procstats import ProcessSampler
+from cortexd.daemon.fleet.procstats import ProcessSampler
 
 MiB = 1024**2
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from cortexd.cli import requirements_lines
-from cortexd.daemon.envs import MARKER
+from cortexd.daemon.deploy.envs import MARKER
 from tests.daemon_harness import REPO, Client, Daemon, write_project
 from tests.modelgen import linear_weights, onnx_linear
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cortexd.config import Api, Compute, PredictorSpec
-from cortexd.daemon.reload_plan import Action, PlanError, RunningApi, compute_diff, plan_reload
+from cortexd.daemon.deploy.reload_plan import Action, PlanError, RunningApi, compute_diff, plan_reload
 
 FP = "config=aa predictor=bb model=cc python=dd"
 FP_PRED = "config=aa predictor=b2 model=cc python=dd"

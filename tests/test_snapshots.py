@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cortexd.daemon import snapshots as snapmod
-from cortexd.daemon.snapshots import (
+from cortexd.daemon.deploy import snapshots as snapmod
+from cortexd.daemon.deploy.snapshots import (
     CACHEDIR_TAG,
     OBJECTS_DIR,
     Snapshot,

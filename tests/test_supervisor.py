@@ -9,7 +9,7 @@ import pytest
 
 from cortexd import protocol
 from cortexd.config import Api, Compute, PredictorSpec
-from cortexd.daemon.supervisor import (
+from cortexd.daemon.fleet.supervisor import (
     LOAD_FAILURES_FOR_ERROR,
     ReplicaExited,
     ReplicaLoadFailed,

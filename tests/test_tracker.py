@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cortexd.daemon.tracker import PredictionTracker
+from cortexd.daemon.observe.tracker import PredictionTracker
 
 from cortexd.config import Tracker
 

@@ -1,6 +1,6 @@
 """Both ends of the hop from the daemon to a replica, over real Unix sockets.
 
-cortexd/daemon/upstream.py (the daemon's persistent connection) against
+cortexd/daemon/serving/upstream.py (the daemon's persistent connection) against
 cortexd/replica/server.py (the replica's HTTP/1.1 server), and each against a raw peer
 that misbehaves on purpose. Everything runs in-process on one event loop.
 """
@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from cortexd.daemon.upstream import UpstreamConnection, UpstreamError, content_length, request_head
+from cortexd.daemon.serving.upstream import UpstreamConnection, UpstreamError, content_length, request_head
 from cortexd.replica.server import ReplicaProtocol, RequestError, parse_head, response_head
 
 

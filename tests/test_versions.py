@@ -1,11 +1,11 @@
-"""Versions map every project path into their snapshot once (daemon/versions.py)."""
+"""Versions map every project path into their snapshot once (daemon/deploy/versions.py)."""
 
 from __future__ import annotations
 
 import os
 
 from cortexd.config import load_config_text
-from cortexd.daemon.versions import VersionFactory
+from cortexd.daemon.deploy.versions import VersionFactory
 
 
 def test_paths_point_into_the_snapshot_even_with_the_state_dir_inside_the_project(tmp_path) -> None:

@@ -17,23 +17,23 @@ from typing import Any, AsyncIterator
 
 from cortexd import __version__
 from cortexd.config import Api, Config, ConfigError, load_config
-from cortexd.daemon import status as st
-from cortexd.daemon.api_logs import ApiLogs, log_path, read_tail
-from cortexd.daemon.autoscale import AutoscaleSettings
-from cortexd.daemon.cgroups import open_replica_cgroups
-from cortexd.daemon.compute import ComputeManager, Usage
+from cortexd.daemon.observe import status as st
+from cortexd.daemon.observe.api_logs import ApiLogs, log_path, read_tail
+from cortexd.daemon.fleet.autoscale import AutoscaleSettings
+from cortexd.daemon.fleet.cgroups import open_replica_cgroups
+from cortexd.daemon.fleet.compute import ComputeManager, Usage
 from cortexd.daemon.control import ControlError, start_control_server
-from cortexd.daemon.gpus import Nvml
-from cortexd.daemon.latency import LatencyStats
-from cortexd.daemon.metrics import ApiMetricsState, GpuMetricsState, Metrics, MetricsState
-from cortexd.daemon.procstats import ProcessSampler
-from cortexd.daemon.proxy import Proxy, ProxySettings
-from cortexd.daemon.spawner import ProcessSpawner
-from cortexd.daemon.reload_plan import PlanError, RunningApi, plan_reload
-from cortexd.daemon.supervisor import Event, Supervisor, SupervisorSettings, Version
+from cortexd.daemon.fleet.gpus import Nvml
+from cortexd.daemon.observe.latency import LatencyStats
+from cortexd.daemon.observe.metrics import ApiMetricsState, GpuMetricsState, Metrics, MetricsState
+from cortexd.daemon.fleet.procstats import ProcessSampler
+from cortexd.daemon.serving.proxy import Proxy, ProxySettings
+from cortexd.daemon.fleet.spawner import ProcessSpawner
+from cortexd.daemon.deploy.reload_plan import PlanError, RunningApi, plan_reload
+from cortexd.daemon.fleet.supervisor import Event, Supervisor, SupervisorSettings, Version
 from cortexd.daemon.systemd import Notifier, status_line
-from cortexd.daemon.tracker import PredictionTracker
-from cortexd.daemon.versions import VersionFactory
+from cortexd.daemon.observe.tracker import PredictionTracker
+from cortexd.daemon.deploy.versions import VersionFactory
 from cortexd.paths import control_socket
 
 log = logging.getLogger("cortexd")
@@ -703,7 +703,7 @@ def run_daemon(settings: DaemonSettings) -> int:
     except ImportError:
         pass
 
-    from cortexd.daemon.gpus import open_nvml
+    from cortexd.daemon.fleet.gpus import open_nvml
 
     try:
         nvml = open_nvml(os.environ)

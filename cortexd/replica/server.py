@@ -1,6 +1,6 @@
 """The replica's end of the hop: a minimal HTTP/1.1 server on its Unix socket.
 
-The only client is the daemon's upstream connection (cortexd/daemon/upstream.py), which
+The only client is the daemon's upstream connection (cortexd/daemon/serving/upstream.py), which
 sends requests with a Content-Length body on one persistent connection. That narrow
 contract lets a request cost one search for the end of the header block, a few slices and
 one write. Sanic, which served here before, spent more per request on parsing, request and

@@ -83,7 +83,7 @@ def timed(fn: Callable[[], Any], n: int, warmup: int) -> list[float]:
 
 
 def gpu_name() -> str:
-    from cortexd.daemon.gpus import RealNvml
+    from cortexd.daemon.fleet.gpus import RealNvml
 
     nvml = RealNvml()
     try:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cortexd.daemon.api_logs import log_path
-from cortexd.daemon.gpus import GpuInfo, RealNvml
+from cortexd.daemon.observe.api_logs import log_path
+from cortexd.daemon.fleet.gpus import GpuInfo, RealNvml
 from tests import modelgen
 from tests.daemon_harness import REPO, Client, Daemon, wait_for, write_project
 

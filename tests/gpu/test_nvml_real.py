@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cortexd.daemon.gpus import RealNvml, choose_gpus, cuda_visible_devices
+from cortexd.daemon.fleet.gpus import RealNvml, choose_gpus, cuda_visible_devices
 
 pytestmark = pytest.mark.gpu
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 
 from cortexd import protocol
 from cortexd.config import Api
-from cortexd.daemon.status import StatusFacts, derive_status
+from cortexd.daemon.observe.status import StatusFacts, derive_status
 
 log = logging.getLogger("cortexd.supervisor")
 

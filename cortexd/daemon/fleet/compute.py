@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from cortexd.config import Api
-from cortexd.daemon import autoscale
-from cortexd.daemon.admission import Capacity, Request, admit, machine_capacity
-from cortexd.daemon.gpus import GpuInfo, Nvml, choose_gpus, cuda_visible_devices, placement_shortfall_reason
-from cortexd.daemon.supervisor import READY, STARTING, DRAINING, ReplicaOverMemory, Supervisor
+from cortexd.daemon.fleet import autoscale
+from cortexd.daemon.fleet.admission import Capacity, Request, admit, machine_capacity
+from cortexd.daemon.fleet.gpus import GpuInfo, Nvml, choose_gpus, cuda_visible_devices, placement_shortfall_reason
+from cortexd.daemon.fleet.supervisor import READY, STARTING, DRAINING, ReplicaOverMemory, Supervisor
 
 log = logging.getLogger("cortexd.compute")
 

@@ -24,7 +24,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from cortexd.daemon.fingerprint import changed_parts
+from cortexd.daemon.deploy.fingerprint import changed_parts
 
 if TYPE_CHECKING:
     from cortexd.config import Api, Compute

@@ -12,10 +12,10 @@ import os
 from collections.abc import Callable, Collection
 
 from cortexd.config import Api
-from cortexd.daemon.envs import EnvBuilder
-from cortexd.daemon.fingerprint import api_fingerprint
-from cortexd.daemon.snapshots import Snapshot, SnapshotStore
-from cortexd.daemon.supervisor import Version
+from cortexd.daemon.deploy.envs import EnvBuilder
+from cortexd.daemon.deploy.fingerprint import api_fingerprint
+from cortexd.daemon.deploy.snapshots import Snapshot, SnapshotStore
+from cortexd.daemon.fleet.supervisor import Version
 from cortexd.models import fetch_model
 
 REQUIREMENTS = "requirements.txt"

@@ -150,7 +150,7 @@ class SnapshotStore:
         os.makedirs(self._objects, exist_ok=True)
         if not is_tagged_cache_dir(self.root):
             with open(os.path.join(self.root, CACHEDIR_TAG), "wb") as f:
-                f.write(CACHEDIR_SIGNATURE + b"\n# cortexd snapshots: derived data, see cortexd/daemon/snapshots.py\n")
+                f.write(CACHEDIR_SIGNATURE + b"\n# cortexd snapshots: derived data, see cortexd/daemon/deploy/snapshots.py\n")
         # _io serialises take() and gc() (disk work, may be slow); _refs guards the
         # reference counts and is only held briefly, so acquire()/release() never wait
         # for a copy to finish.

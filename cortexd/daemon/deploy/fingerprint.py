@@ -39,7 +39,7 @@ import stat
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from cortexd.daemon.snapshots import is_tagged_cache_dir
+from cortexd.daemon.deploy.snapshots import is_tagged_cache_dir
 
 if TYPE_CHECKING:
     from cortexd.config import Api

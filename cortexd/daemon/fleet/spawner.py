@@ -5,7 +5,7 @@ can be signalled), with its GPUs in CUDA_VISIBLE_DEVICES before any CUDA library
 The loop watches three descriptors per replica: a pidfd (exit), the status pipe (ready /
 load failed) and its merged stdout+stderr (lines for the API's log).
 
-Where the daemon owns a delegated cgroup v2 subtree (daemon/cgroups.py), each replica is
+Where the daemon owns a delegated cgroup v2 subtree (daemon/fleet/cgroups.py), each replica is
 moved into its own cgroup with memory.max right after it starts, and a replica whose cgroup
 recorded an OOM kill when it exited is reported as over memory before its exit.
 """
@@ -22,9 +22,9 @@ import subprocess
 import sys
 from typing import Callable
 
-from cortexd.daemon.cgroups import ReplicaCgroups
+from cortexd.daemon.fleet.cgroups import ReplicaCgroups
 from cortexd.daemon.systemd import child_env
-from cortexd.daemon.supervisor import (
+from cortexd.daemon.fleet.supervisor import (
     Event,
     ReplicaExited,
     ReplicaLoadFailed,

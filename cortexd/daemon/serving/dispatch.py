@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from cortexd.daemon.upstream import UpstreamConnection, UpstreamError
+from cortexd.daemon.serving.upstream import UpstreamConnection, UpstreamError
 
 
 class QueueFull(Exception):

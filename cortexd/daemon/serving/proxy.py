@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from cortexd import protocol
-from cortexd.daemon.dispatch import (
+from cortexd.daemon.serving.dispatch import (
     ApiQueue,
     DeadlineExceeded,
     Job,
@@ -24,7 +24,7 @@ from cortexd.daemon.dispatch import (
     ReplicaLink,
     Unreachable,
 )
-from cortexd.daemon.upstream import UpstreamConnection
+from cortexd.daemon.serving.upstream import UpstreamConnection
 
 log = logging.getLogger("cortexd.proxy")
 

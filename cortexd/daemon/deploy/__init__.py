@@ -1,0 +1,1 @@
+"""Turning cortex.yaml into running versions: reload plans, models, snapshots, environments."""

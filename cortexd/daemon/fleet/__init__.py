@@ -1,0 +1,1 @@
+"""Replica processes: lifecycle, placement (GPUs, cpu/mem admission), limits and autoscaling."""

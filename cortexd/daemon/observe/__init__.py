@@ -1,0 +1,1 @@
+"""What the daemon shows: statuses, latency, metrics, tracker and API logs."""
