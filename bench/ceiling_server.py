@@ -64,10 +64,11 @@ def serve_replica(model_path: str, host: str, port: int) -> None:
     import socket
 
     from cortexd.replica.main import build_handler, run
-    from cortexd.replica.predictors import ReplicaContext, load_predictor
+    from cortexd.protocol import ReplicaSpec
+    from cortexd.replica.predictors import load_predictor
     from cortexd.replica.server import ReplicaProtocol
 
-    ctx = ReplicaContext(
+    ctx = ReplicaSpec(
         api_name="bench", kind="onnx", predictor_path=None, model_path=os.path.abspath(model_path),
         signature_key=None, config={}, python_path=os.getcwd(), gpus=[], cpu=1.0,
     )

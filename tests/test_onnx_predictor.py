@@ -14,7 +14,8 @@ import pytest
 from cortexd.replica import onnx_predictor
 from cortexd.replica.jsonable import InputMismatch, to_array, to_jsonable
 from cortexd.replica.onnx_predictor import ONNXClient, session_plan
-from cortexd.replica.predictors import PayloadError, PredictorLoadError, ReplicaContext
+from cortexd.protocol import ReplicaSpec
+from cortexd.replica.predictors import PayloadError, PredictorLoadError
 from tests import modelgen
 
 SAMPLE = [5.1, 3.5, 1.4, 0.2]
@@ -47,8 +48,8 @@ def expected_scores(rows: Any) -> np.ndarray:
 
 
 def ctx(model: str | None, predictor: str | None = None, config: dict[str, Any] | None = None,
-        gpus: list[int] | None = None, cpu: float = 0.2, python_path: str = "") -> ReplicaContext:
-    return ReplicaContext(api_name="iris", kind="onnx", predictor_path=predictor, model_path=model,
+        gpus: list[int] | None = None, cpu: float = 0.2, python_path: str = "") -> ReplicaSpec:
+    return ReplicaSpec(api_name="iris", kind="onnx", predictor_path=predictor, model_path=model,
                           signature_key=None, config=config or {}, python_path=python_path,
                           gpus=gpus or [], cpu=cpu)
 

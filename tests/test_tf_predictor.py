@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from cortexd.replica import tf_predictor
-from cortexd.replica.predictors import PayloadError, PredictorLoadError, ReplicaContext
+from cortexd.protocol import ReplicaSpec
+from cortexd.replica.predictors import PayloadError, PredictorLoadError
 from cortexd.replica.tf_predictor import choose_signature, find_saved_model, pick_version, threads_for
 from tests import modelgen
 
@@ -29,8 +30,8 @@ SAMPLE = [5.1, 3.5, 1.4, 0.2]
 
 
 def ctx(model: str | None, signature_key: str | None = None, predictor: str | None = None,
-        config: dict[str, Any] | None = None, python_path: str = "") -> ReplicaContext:
-    return ReplicaContext(api_name="iris", kind="tensorflow", predictor_path=predictor, model_path=model,
+        config: dict[str, Any] | None = None, python_path: str = "") -> ReplicaSpec:
+    return ReplicaSpec(api_name="iris", kind="tensorflow", predictor_path=predictor, model_path=model,
                           signature_key=signature_key, config=config or {}, python_path=python_path,
                           gpus=[], cpu=1)
 

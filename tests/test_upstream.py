@@ -276,7 +276,8 @@ class _Echo:
      '{"é": 1}'.encode("utf-16")],  # json's encoding detection still applies
 )
 def test_handler_parses_bodies_as_json_does(body: bytes) -> None:
-    from cortexd.replica.main import build_handler, parse_body
+    from cortexd.replica.bodies import parse_body
+    from cortexd.replica.main import build_handler
 
     assert parse_body(body) == json.loads(body)
     status, payload = build_handler(_Echo())("POST", "/predict", "", body)  # type: ignore[arg-type]
@@ -303,7 +304,7 @@ def test_handler_errors(method: str, path: str, body: bytes, status: int, says: 
 def test_predictions_with_numpy_values_and_keys_become_plain_json() -> None:
     import numpy as np
 
-    from cortexd.replica.main import encode_prediction
+    from cortexd.replica.bodies import encode_prediction
 
     assert encode_prediction({"a": [1, 2.5, "x"], "b": None}) == b'{"a":[1,2.5,"x"],"b":null}'
     got = json.loads(encode_prediction({"scores": np.array([[0.5, 1.5]], dtype=np.float32), "label": np.int64(2),

@@ -1,8 +1,9 @@
 """The replica process: load one predictor, serve it on a Unix socket, one request at a time.
 
-Started by the daemon as `python -m cortexd.replica --spec FILE --socket PATH --status-fd N
---parent-pid P`. Readiness and load failures travel to the daemon over the status pipe; the
-daemon learns of our exit through a pidfd. Requests arrive over the daemon's persistent
+Started by the daemon as `python -m cortexd.replica --spec-fd N --socket PATH --status-fd N
+--parent-pid P` (cortexd/protocol.py: the spec arrives in an inherited memory file).
+Readiness and load failures travel to the daemon over the status pipe; the daemon learns of
+our exit through a pidfd. Requests arrive over the daemon's persistent
 connection and are served by the small HTTP/1.1 server in cortexd/replica/server.py.
 """
 
@@ -21,14 +22,9 @@ import traceback
 from typing import Any
 
 from cortexd import protocol
-from cortexd.replica.jsonable import to_jsonable
-from cortexd.replica.predictors import (
-    PayloadError,
-    Predictor,
-    PredictorLoadError,
-    ReplicaContext,
-    load_predictor,
-)
+from cortexd.replica.bodies import BodyError, encode_prediction, parse_body
+from cortexd.protocol import LoadFailed, Ready, ReplicaSpec, StatusMessage, encode_status, read_spec_fd
+from cortexd.replica.predictors import PayloadError, Predictor, PredictorLoadError, load_predictor
 from cortexd.replica.server import Handler, ReplicaProtocol
 
 _PR_SET_PDEATHSIG = 1
@@ -44,38 +40,6 @@ def _die_with_parent(parent_pid: int) -> None:
         pass
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(protocol.EXIT_ORPHANED)
-
-
-# One encoder for the process: json.dumps with options builds a new encoder per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
-def encode_prediction(result: Any) -> bytes:
-    """A prediction as JSON. Plain values go straight to the encoder; anything it refuses
-    (numpy scalars and arrays, numpy dict keys, bytes, sets) is converted by to_jsonable
-    once and encoded again, so plain results pay nothing for numpy support."""
-    try:
-        return _ENCODER.encode(result).encode()
-    except TypeError:
-        return _ENCODER.encode(to_jsonable(result)).encode()
-
-
-try:  # installed with Sanic; parses a request body several times faster than json
-    from ujson import loads as _fast_loads
-except ImportError:  # pragma: no cover
-    _fast_loads = None
-
-
-def parse_body(body: bytes) -> Any:
-    """The posted JSON. ujson parses it when it can (the same values as json: floats are
-    correctly rounded by both); anything ujson refuses goes to json, which decides and,
-    when it refuses too, says why in the words users know."""
-    if _fast_loads is not None:
-        try:
-            return _fast_loads(body)
-        except Exception:
-            pass
-    return json.loads(body)
 
 
 def _truncate(text: str) -> str:
@@ -101,22 +65,22 @@ def build_handler(predictor: Predictor) -> Handler:
             debug = query.find("debug=true") >= 0
             try:
                 payload = loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                return error(400, f"body is not valid JSON: {exc}")
+            except BodyError as exc:
+                return error(400, str(exc))
             if debug:
                 _log(f"debug: sample: {_truncate(body.decode('utf-8', 'replace'))}")
             try:
                 result = predict(payload)
             except PayloadError as exc:
                 return error(400, str(exc))
-            except Exception as exc:
+            except BaseException as exc:  # sys.exit() and KeyboardInterrupt too: answer, never die
                 _log(f"prediction failed:\n{traceback.format_exc()}")
                 return error(500, f"prediction failed: {type(exc).__name__}: {exc}")
             try:
                 encoded = encode_prediction(result)
-            except (TypeError, ValueError) as exc:
-                _log(f"prediction failed: {exc}")
-                return error(500, f"prediction failed: {exc}")
+            except BaseException as exc:  # a result too deep to encode raises RecursionError
+                _log(f"prediction failed: {type(exc).__name__}: {exc}")
+                return error(500, f"prediction failed: the result cannot be encoded as JSON: {type(exc).__name__}: {exc}")
             if debug:
                 _log(f"debug: prediction: {_truncate(encoded.decode())}")
             return 200, encoded
@@ -127,20 +91,14 @@ def build_handler(predictor: Predictor) -> Handler:
     return handle
 
 
-def _send_status(fd: int, message: dict[str, Any]) -> None:
+def _send_status(fd: int, message: StatusMessage) -> None:
     try:
-        os.write(fd, (json.dumps(message) + "\n").encode())
+        os.write(fd, encode_status(message))
     except OSError:
         pass
 
 
-def read_context(path: str) -> ReplicaContext:
-    with open(path) as f:
-        data = json.load(f)
-    return ReplicaContext(**data)
-
-
-async def serve(predictor: Predictor, ctx: ReplicaContext, socket_path: str, status_fd: int) -> None:
+async def serve(predictor: Predictor, ctx: ReplicaSpec, socket_path: str, status_fd: int) -> None:
     handler = build_handler(predictor)
     connections: set[ReplicaProtocol] = set()
     if os.path.exists(socket_path):
@@ -154,7 +112,7 @@ async def serve(predictor: Predictor, ctx: ReplicaContext, socket_path: str, sta
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    _send_status(status_fd, {"event": protocol.EVENT_READY, "info": predictor.describe(), "pid": os.getpid()})
+    _send_status(status_fd, Ready(predictor.describe(), os.getpid()))
     await stop.wait()
     # The daemon drains us before SIGTERM, so nothing is in flight here.
     server.close()
@@ -182,23 +140,20 @@ def run(coro: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cortexd.replica")
-    parser.add_argument("--spec", required=True)
+    parser.add_argument("--spec-fd", type=int, required=True)
     parser.add_argument("--socket", required=True)
     parser.add_argument("--status-fd", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args(argv)
     _die_with_parent(args.parent_pid)
-    ctx = read_context(args.spec)
+    ctx = read_spec_fd(args.spec_fd)
     started = time.monotonic()
     try:
         predictor = load_predictor(ctx)
     except BaseException as exc:  # anything the user's code raised, SystemExit included
         reason = str(exc) if isinstance(exc, PredictorLoadError) else f"{type(exc).__name__}: {exc}"
         _log(f"loading the predictor failed: {reason}\n{traceback.format_exc()}")
-        _send_status(
-            args.status_fd,
-            {"event": protocol.EVENT_LOAD_FAILED, "message": reason, "traceback": traceback.format_exc()},
-        )
+        _send_status(args.status_fd, LoadFailed(reason, traceback.format_exc()))
         os._exit(protocol.EXIT_LOAD_FAILED)
     _log(f"predictor loaded in {time.monotonic() - started:.2f}s")
     run(serve(predictor, ctx, args.socket, args.status_fd))

@@ -23,11 +23,11 @@ import numpy as np
 
 from cortexd.models import ModelFetchError, unpack_local_zip
 from cortexd.replica.jsonable import InputMismatch, describe_shape, name_mismatch, to_array, to_jsonable
+from cortexd.protocol import ReplicaSpec
 from cortexd.replica.predictors import (
     PayloadError,
     Predictor,
     PredictorLoadError,
-    ReplicaContext,
     UserPredictor,
     construct_user_class,
     import_predictor_file,
@@ -235,7 +235,7 @@ class _OutputsByName:
         return self.client.describe()
 
 
-def load(ctx: ReplicaContext) -> Predictor:
+def load(ctx: ReplicaSpec) -> Predictor:
     if not ctx.model_path:
         raise PredictorLoadError(f"api {ctx.api_name}: onnx.model is required")
     client = ONNXClient(ctx.model_path, ctx.gpus, ctx.cpu)

@@ -12,8 +12,9 @@ import inspect
 import os
 import sys
 import types
-from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
+
+from cortexd.protocol import ReplicaSpec
 
 
 class PayloadError(Exception):
@@ -22,19 +23,6 @@ class PayloadError(Exception):
 
 class PredictorLoadError(Exception):
     """The predictor cannot be loaded; the message names the file and what was expected."""
-
-
-@dataclass(frozen=True)
-class ReplicaContext:
-    api_name: str
-    kind: str  # python | onnx | tensorflow
-    predictor_path: str | None
-    model_path: str | None  # local path: the daemon fetched remote models already
-    signature_key: str | None
-    config: dict[str, Any]
-    python_path: str
-    gpus: list[int] = field(default_factory=list)  # indices as seen through CUDA_VISIBLE_DEVICES
-    cpu: float = 0.2
 
 
 class Predictor(Protocol):
@@ -151,7 +139,7 @@ class UserPredictor:
         self.describe = describe
 
 
-def load_python_predictor(ctx: ReplicaContext) -> Predictor:
+def load_python_predictor(ctx: ReplicaSpec) -> Predictor:
     if not ctx.predictor_path:
         raise PredictorLoadError(f"api {ctx.api_name}: python.predictor is required")
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
@@ -177,7 +165,7 @@ def load_python_predictor(ctx: ReplicaContext) -> Predictor:
     return _ModulePredictor(module, ctx.config)
 
 
-def load_predictor(ctx: ReplicaContext) -> Predictor:
+def load_predictor(ctx: ReplicaSpec) -> Predictor:
     if ctx.kind == "python":
         return load_python_predictor(ctx)
     if ctx.kind == "onnx":

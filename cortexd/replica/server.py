@@ -15,6 +15,7 @@ Requests that arrive back to back on the connection are answered in order.
 from __future__ import annotations
 
 import asyncio
+import json
 from http import HTTPStatus
 from typing import Callable
 
@@ -71,6 +72,11 @@ def parse_head(head: bytes) -> tuple[str, str, str, int, bool]:
         if value is not None:
             close = value == b"close" or (close and value != b"keep-alive")
     return method, path, query, length, close
+
+
+def _internal_error(exc: BaseException) -> bytes:
+    message = f"the replica failed to handle the request: {type(exc).__name__}: {exc}"
+    return json.dumps({"error": message}).encode()
 
 
 class ReplicaProtocol(asyncio.Protocol):
@@ -134,7 +140,10 @@ class ReplicaProtocol(asyncio.Protocol):
             body = bytes(buf[start : start + length])
             buf = buf[start + length :]
             self._pending = None
-            status, payload = handler(method, path, query, body)
+            try:
+                status, payload = handler(method, path, query, body)
+            except BaseException as exc:  # the barrier: an exception here would drop the connection
+                status, payload = 500, _internal_error(exc)
             transport = self._transport
             if transport is None:  # the handler's work outlived the connection
                 return

@@ -19,11 +19,11 @@ from typing import Any
 
 from cortexd.models import ModelFetchError, unpack_local_zip
 from cortexd.replica.jsonable import InputMismatch, name_mismatch, to_array, to_jsonable
+from cortexd.protocol import ReplicaSpec
 from cortexd.replica.predictors import (
     PayloadError,
     Predictor,
     PredictorLoadError,
-    ReplicaContext,
     UserPredictor,
     construct_user_class,
     import_predictor_file,
@@ -229,7 +229,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load(ctx: ReplicaContext) -> Predictor:
+def load(ctx: ReplicaSpec) -> Predictor:
     if not ctx.model_path:
         raise PredictorLoadError(f"api {ctx.api_name}: tensorflow.model is required")
     client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu)

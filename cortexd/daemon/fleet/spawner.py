@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import signal
@@ -89,21 +88,7 @@ class ProcessSpawner:
         rid = request.replica_id
         api = request.api
         version = request.version
-        spec_path = os.path.join(self.dir, f"{rid}.json")
-        context = {
-            "api_name": api.name,
-            "kind": api.predictor.kind,
-            "predictor_path": version.predictor_path or api.predictor.predictor,
-            "model_path": version.model_path,
-            "signature_key": api.predictor.signature_key,
-            "config": api.predictor.config,
-            "python_path": version.python_path or api.python_path,
-            # CUDA_VISIBLE_DEVICES renumbers the chosen GPUs from 0 inside the replica.
-            "gpus": list(range(len(request.gpus))),
-            "cpu": api.compute.cpu,
-        }
-        with open(spec_path, "w") as f:
-            json.dump(context, f)
+        spec = replica_spec(request)
         env = child_env(os.environ)  # only the daemon speaks to systemd
         env.update(self._extra_env)
         env["CUDA_VISIBLE_DEVICES"] = self._gpu_env(request.gpus)
@@ -112,12 +97,13 @@ class ProcessSpawner:
         env["CORTEXD_REPLICA_ID"] = rid
         status_r, status_w = os.pipe()
         out_r, out_w = os.pipe()
+        spec_r = protocol.spec_fd(spec)
         python = version.python or sys.executable
         try:
             proc = subprocess.Popen(
                 [
                     python, "-m", "cortexd.replica",
-                    "--spec", spec_path,
+                    "--spec-fd", str(spec_r),
                     "--socket", self.socket_path(rid),
                     "--status-fd", str(status_w),
                     "--parent-pid", str(os.getpid()),
@@ -125,7 +111,7 @@ class ProcessSpawner:
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=subprocess.STDOUT,
-                pass_fds=(status_w,),
+                pass_fds=(status_w, spec_r),
                 cwd=version.workdir,
                 env=env,
                 start_new_session=True,
@@ -133,6 +119,7 @@ class ProcessSpawner:
         finally:
             os.close(status_w)
             os.close(out_w)
+            os.close(spec_r)
         handle = ProcessHandle(proc)
         self.handles[rid] = handle
         if self._cgroups is not None:
@@ -148,17 +135,33 @@ class ProcessSpawner:
 
     def _exited(self, rid: str, code: int) -> None:
         self.handles.pop(rid, None)
-        for suffix in (".json", ".sock"):
-            try:
-                os.unlink(os.path.join(self.dir, rid + suffix))
-            except OSError:
-                pass
+        try:
+            os.unlink(self.socket_path(rid))
+        except OSError:
+            pass
         oom = self._cgroups.finish(rid) if self._cgroups is not None else None
         if oom is not None:
             # Posted first, so the supervisor knows the exit was the kernel enforcing memory.max.
             limit = oom.limit_bytes or 0
             self._post(ReplicaOverMemory(rid, oom.peak_bytes or limit, limit, killed_by_kernel=True))
         self._post(ReplicaExited(rid, code))
+
+
+def replica_spec(request: SpawnRequest) -> protocol.ReplicaSpec:
+    """What the replica of `request` runs: the API's spec, with the project paths of its version."""
+    api, version = request.api, request.version
+    return protocol.ReplicaSpec(
+        api_name=api.name,
+        kind=api.predictor.kind,
+        predictor_path=version.predictor_path or api.predictor.predictor,
+        model_path=version.model_path,
+        signature_key=api.predictor.signature_key,
+        config=api.predictor.config,
+        python_path=version.python_path or api.python_path,
+        # CUDA_VISIBLE_DEVICES renumbers the chosen GPUs from 0 inside the replica.
+        gpus=list(range(len(request.gpus))),
+        cpu=api.compute.cpu,
+    )
 
 
 def replica_socket_dir(runtime_dir: str) -> str:
@@ -219,14 +222,11 @@ class _Watcher:
         self.status_buf += data
         while b"\n" in self.status_buf:
             line, self.status_buf = self.status_buf.split(b"\n", 1)
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if msg.get("event") == protocol.EVENT_READY:
-                self.spawner._post(ReplicaReady(self.rid, msg.get("info") or {}))
-            elif msg.get("event") == protocol.EVENT_LOAD_FAILED:
-                self.spawner._post(ReplicaLoadFailed(self.rid, str(msg.get("message", ""))))
+            msg = protocol.decode_status(line)
+            if isinstance(msg, protocol.Ready):
+                self.spawner._post(ReplicaReady(self.rid, msg.info))
+            elif isinstance(msg, protocol.LoadFailed):
+                self.spawner._post(ReplicaLoadFailed(self.rid, msg.message))
 
     def _on_output(self, final: bool = False) -> None:
         data = self._read(self.out_fd)
