@@ -15,8 +15,10 @@ class Compute:
     init_replicas: int = default_of(COMPUTE_KEYS, "min_replicas")
     target_cpu_utilization: int = default_of(COMPUTE_KEYS, "target_cpu_utilization")  # percent of the cpu request
     cpu: float = default_of(COMPUTE_KEYS, "cpu")   # cores
-    gpu: int = default_of(COMPUTE_KEYS, "gpu")
+    gpu: float = default_of(COMPUTE_KEYS, "gpu")  # whole GPUs (1, 2) or a share of one card (0.25, 0.5)
     mem: int | None = default_of(COMPUTE_KEYS, "mem")  # bytes
+    mem_limit: int | None = None  # bytes: a replica above it is stopped, "error (out of memory)"
+    gpu_mem: int | None = None  # bytes of GPU memory per replica, for placement and its limit
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,14 @@ class PredictorSpec:
 
 
 @dataclass(frozen=True)
+class Batching:
+    """Server-side batching: requests waiting together go to one replica as one batch."""
+
+    max_batch_size: int
+    batch_interval_s: float
+
+
+@dataclass(frozen=True)
 class Api:
     name: str
     endpoint: str                       # normalised, e.g. "/iris-deployment/iris"
@@ -43,6 +53,8 @@ class Api:
     tracker: Tracker | None
     compute: Compute
     metadata: dict[str, Any]
+    batching: Batching | None = None
+    threads_per_process: int = 1  # requests one replica serves at once (a thread pool in the replica)
 
 
 @dataclass(frozen=True)
