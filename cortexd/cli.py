@@ -15,9 +15,9 @@ import time
 from typing import Any, Iterator
 
 from cortexd import __version__, paths
+from cortexd.commands import COMMANDS, EXIT_FAILED, EXIT_USAGE, Command
+from cortexd.daemon.settings import add_flags
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_NO_DAEMON = 3
 
 
@@ -58,24 +58,10 @@ def call(runtime_dir: str, request: dict[str, Any]) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from cortexd.daemon.main import DaemonSettings, run_daemon
-    from cortexd.config import parse_mem
+    from cortexd.daemon.main import run_daemon
+    from cortexd.daemon.settings import from_args
 
-    settings = DaemonSettings(
-        config=os.path.abspath(args.config),
-        host=args.host,
-        port=args.port,
-        state_dir=os.path.abspath(args.state_dir or paths.default_state_dir()),
-        runtime_dir=os.path.abspath(args.runtime_dir or paths.default_runtime_dir()),
-        log_dir=os.path.abspath(args.log_dir or paths.default_log_dir()),
-        autoscale_period_s=args.autoscale_period,
-        downscale_window_s=args.downscale_window,
-        request_timeout_s=args.request_timeout,
-        max_queue=args.max_queue,
-        max_body_bytes=parse_mem(args.max_body),
-        drain_timeout_s=args.drain_timeout,
-    )
-    return run_daemon(settings)
+    return run_daemon(from_args(args))
 
 
 REQUIREMENTS = "requirements.txt"
@@ -113,71 +99,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_get(args: argparse.Namespace) -> int:
-    while True:
-        result = call(args.runtime_dir, {"cmd": "get", "api": args.api})
-        if args.json:
-            text = json.dumps(result, indent=2)
-        elif args.api:
-            from cortexd import tables
-
-            text = tables.format_api(result)
-        else:
-            from cortexd import tables
-
-            text = tables.format_apis(result["apis"])
-        if not args.watch:
-            print(text)
-            return 0
-        sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
-        sys.stdout.flush()
-        time.sleep(args.interval)
-
-
-def cmd_logs(args: argparse.Namespace) -> int:
-    request = {"cmd": "logs", "api": args.api, "follow": args.follow, "lines": args.lines}
-    for message in _control(args.runtime_dir, request, timeout=None if args.follow else 60):
-        if "line" in message:
-            print(message["line"], flush=True)
-        elif not message.get("ok", True):
-            raise Refused(message.get("error", "request failed"))
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
+def run_command(command: Command, args: argparse.Namespace) -> int:
+    """A control command: send its request, render the answer (again and again with --watch)."""
     try:
-        with open(args.file, "rb") as f:
-            body = f.read().decode("utf-8")
+        request = {"cmd": command.name, **command.request(args)}
     except OSError as exc:
-        print(f"cortexd: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        print(f"cortexd: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
-    result = call(args.runtime_dir, {"cmd": "predict", "api": args.api, "body": body, "debug": args.debug})
-    out = sys.stdout if result["status"] == 200 else sys.stderr
-    try:
-        print(json.dumps(json.loads(result["body"]), indent=2), file=out)
-    except ValueError:
-        print(result["body"], file=out)
-    return 0 if result["status"] == 200 else EXIT_FAILED
-
-
-def cmd_reload(args: argparse.Namespace) -> int:
-    result = call(args.runtime_dir, {"cmd": "reload", "force": args.force or []})
-    for line in result.get("lines", []):
-        print(line)
-    return 0 if result.get("ok", True) else EXIT_FAILED
-
-
-def cmd_gpus(args: argparse.Namespace) -> int:
-    from cortexd import tables
-
-    result = call(args.runtime_dir, {"cmd": "gpus"})
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        if result.get("reason"):
-            print(result["reason"])
-        print(tables.format_gpus(result["gpus"]))
-    return 0
+    if command.streaming:
+        timeout = None if getattr(args, "follow", False) else 60
+        for message in _control(args.runtime_dir, request, timeout=timeout):
+            if "line" in message:
+                command.render(args, message["line"])
+            elif not message.get("ok", True):
+                raise Refused(message.get("error", "request failed"))
+        return 0
+    while True:
+        code = command.render(args, call(args.runtime_dir, request))
+        interval = command.repeat(args)
+        if interval is None:
+            return code
+        time.sleep(interval)
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -197,50 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the daemon's runtime directory (env CORTEXD_RUNTIME_DIR); finds its control socket")
         return p
 
-    serve = with_runtime(sub.add_parser("serve", help="run the daemon in the foreground"))
-    serve.add_argument("--config", default=paths.default_config())
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=8888)
-    serve.add_argument("--state-dir", default=None)
-    serve.add_argument("--log-dir", default=None)
-    serve.add_argument("--autoscale-period", type=float, default=15.0, help="seconds between autoscaling decisions")
-    serve.add_argument("--downscale-window", type=float, default=300.0, help="seconds of stabilisation before scaling down")
-    serve.add_argument("--request-timeout", type=float, default=60.0, help="seconds a request may wait and run")
-    serve.add_argument("--max-queue", type=int, default=1024, help="requests waiting per API before 503")
-    serve.add_argument("--max-body", default="32Mi", help="largest request body (413 above it)")
-    serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish requests on stop")
+    serve = sub.add_parser("serve", help="run the daemon in the foreground")
+    add_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
-    reload = with_runtime(sub.add_parser("reload", help="re-read cortex.yaml and apply the changes"))
-    reload.add_argument("--force", nargs="+", metavar="API", help="replace these APIs even if unchanged")
-    reload.set_defaults(func=cmd_reload)
-
-    get = with_runtime(sub.add_parser("get", help="show APIs, or one API in detail"))
-    get.add_argument("api", nargs="?")
-    get.add_argument("--json", action="store_true")
-    get.add_argument("--watch", action="store_true")
-    get.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
-    get.set_defaults(func=cmd_get)
-
-    logs = with_runtime(sub.add_parser("logs", help="print an API's log"))
-    logs.add_argument("api")
-    logs.add_argument("--follow", "-f", action="store_true")
-    logs.add_argument("--lines", "-n", type=int, default=100)
-    logs.set_defaults(func=cmd_logs)
-
-    predict = with_runtime(sub.add_parser("predict", help="send a JSON file to an API"))
-    predict.add_argument("api")
-    predict.add_argument("file")
-    predict.add_argument("--debug", action="store_true")
-    predict.set_defaults(func=cmd_predict)
+    for command in COMMANDS:
+        p = with_runtime(sub.add_parser(command.name, help=command.help))
+        for arg in command.args:
+            p.add_argument(*arg.flags, **arg.options)
+        p.set_defaults(func=lambda args, command=command: run_command(command, args))
 
     validate = sub.add_parser("validate", help="check a cortex.yaml without running it")
     validate.add_argument("path", nargs="?", default=paths.default_config())
     validate.set_defaults(func=cmd_validate)
-
-    gpus = with_runtime(sub.add_parser("gpus", help="GPUs and the replicas holding them"))
-    gpus.add_argument("--json", action="store_true")
-    gpus.set_defaults(func=cmd_gpus)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)

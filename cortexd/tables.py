@@ -46,7 +46,8 @@ def format_api(api: Mapping[str, Any]) -> str:
     else:
         sections.append("no replicas")
     if api.get("last_error"):
-        sections.append(f"last error: {api['last_error']}")
+        at = f" ({api['last_error_at']})" if api.get("last_error_at") else ""
+        sections.append(f"last error{at}: {api['last_error']}")
     tracker = api.get("tracker")
     if tracker:
         sections.append(format_tracker(tracker))

@@ -96,7 +96,9 @@ class Client:
 class Daemon:
     """A real `cortexd serve` on a project folder, on a free loopback port."""
 
-    def __init__(self, project: str, base: str, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+    def __init__(self, project: str, base: str, env: dict[str, str] | None = None, args: list[str] | None = None,
+                 preexec: Callable[[], None] | None = None) -> None:
+        self.preexec = preexec  # run in the daemon's process before exec (e.g. setrlimit)
         self.project = project
         self.base = base
         self.port = free_port()
@@ -123,6 +125,7 @@ class Daemon:
             stderr=stderr,
             env=self.env,
             cwd=self.base,
+            preexec_fn=self.preexec,
         )
         stderr.close()
         wait_for(self._listening, timeout=30, what="the daemon to listen")

@@ -275,7 +275,7 @@ def make_api(mem: int | None) -> Api:
     return Api(
         name="iris", endpoint="/d/iris", python_path="/p",
         predictor=PredictorSpec(kind="python", predictor="/p/p.py", model=None, signature_key=None, config={}),
-        tracker=None, compute=Compute(mem=mem), metadata={},
+        tracker=None, compute=Compute(mem_limit=mem), metadata={},
     )
 
 
@@ -286,14 +286,15 @@ def make_api(mem: int | None) -> Api:
 def test_supervisor_shows_a_kernel_oom_kill_as_out_of_memory(limit: int, says: str) -> None:
     spawner, router = FakeSpawner(), FakeRouter()
     sup = Supervisor(spawner, router, Clock())
-    sup.add_api(make_api(limit or None), Version(number=1, workdir="/w", model_path=None))
+    sup.deploy(make_api(limit or None), Version(number=1, workdir="/w", model_path=None))
     sup.reconcile()
     rid = spawner.spawned[0].replica_id
     sup.handle(ReplicaReady(rid))
     sup.handle(ReplicaOverMemory(rid, 300 << 20, limit, killed_by_kernel=True))
     sup.handle(ReplicaExited(rid, -9))
     assert sup.status("iris") == "error (out of memory)"
-    assert f"replica {rid} was {says}" in (sup.apis["iris"].last_error or "")
+    error = sup.apis["iris"].last_error
+    assert error is not None and f"replica {rid} was {says}" in error.message
     sup.reconcile()
     assert len(spawner.spawned) == 2  # replaced at once (first failure: no backoff)
 
@@ -365,7 +366,7 @@ def test_real_cgroup_kernel_oom_kill_shows_out_of_memory(tmp_path: Any) -> None:
           python:
             predictor: hog.py
           compute:
-            mem: 200Mi
+            mem_limit: 200Mi
         - kind: api
           name: fine
           python:

@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
+from cortexd.daemon.fleet.events import ReplicaLost, ReplicaOverdue
 from cortexd.daemon.serving.dispatch import (
     ApiQueue,
     DeadlineExceeded,
@@ -53,8 +54,9 @@ def run(test: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(asyncio.wait_for(test(), 10))
 
 
-def queue_with(n: int, max_queue: int = 10) -> tuple[ApiQueue, list[FakeConn]]:
-    q = ApiQueue("api", max_queue)
+def queue_with(n: int, max_queue: int = 10, report: Callable[[Any], None] = lambda e: None
+               ) -> tuple[ApiQueue, list[FakeConn]]:
+    q = ApiQueue("api", max_queue, report)
     conns = [FakeConn() for _ in range(n)]
     for i, c in enumerate(conns):
         q.add(ReplicaLink(f"r{i}", c, 1))  # type: ignore[arg-type]
@@ -174,60 +176,80 @@ def test_deadline_while_queued_is_deadline_exceeded_and_leaves_the_queue() -> No
     run(body)
 
 
-def test_deadline_at_the_replica_is_prediction_timeout_and_the_replica_is_freed_by_its_answer() -> None:
+def test_deadline_at_the_replica_is_prediction_timeout_and_the_replica_is_reported_overdue() -> None:
     async def body() -> None:
-        q, (c,) = queue_with(1)
+        events: list[object] = []
+        q, (a, b) = queue_with(2, report=events.append)
         slow = q.submit("/predict", b"slow", deadline(0.01))
         assert await outcome(slow) is PredictionTimeout
-        assert q.in_flight == 1  # the replica still works on it
+        assert events == [ReplicaOverdue("r0", 0.01)]  # the supervisor replaces the hung replica
+        assert q.in_flight == 1  # the replica still holds it
         nxt = q.submit("/predict", b"next", deadline(FAR))
-        assert q.queued == 1
-        c.answer()  # the late answer goes nowhere; the queued request goes in
-        assert [b for _, b in c.sent] == [b"slow", b"next"] and q.in_flight == 1
-        c.answer()
+        assert b.sent == [("/predict", b"next")]  # never again to the overdue replica
+        a.answer()  # a late answer goes nowhere, and r0 gets nothing more
+        assert a.sent == [("/predict", b"slow")] and q.queued == 0
+        b.answer()
         assert (await nxt.future)[0] == 200
 
     run(body)
 
 
-def test_replica_hanging_up_with_the_request_fails_it_and_leaves_the_queue() -> None:
+def test_replica_hanging_up_is_reported_and_its_request_retried_once_on_another() -> None:
     async def body() -> None:
-        q, (a, b) = queue_with(2)
+        events: list[object] = []
+        q, (a, b) = queue_with(2, report=events.append)
         job = q.submit("/predict", b"x", deadline(FAR))
         a.fail(sent=True)
-        assert await outcome(job) is ReplicaFailed
-        assert "r0" not in q.links and a.closed and q.in_flight == 0
-        other = q.submit("/predict", b"y", deadline(FAR))
-        assert b.sent == [("/predict", b"y")]
+        assert events == [ReplicaLost("r0", "gone")]
+        assert b.sent == [("/predict", b"x")]  # retried at once on the other replica
         b.answer()
-        assert (await other.future)[0] == 200
+        assert (await job.future)[0] == 200
+        q.remove("r0")  # the supervisor's answer: r0 is being replaced
+        assert "r0" not in q.links and a.closed and q.in_flight == 0
+        again = q.submit("/predict", b"y", deadline(FAR))
+        b.fail(sent=True)  # a request that takes down two replicas is not tried a third time
+        assert q.queued == 1  # ...this one had not been retried: it waits for a replica
+        q.remove("r1")
+        assert await outcome(again) is NoReplicas
 
     run(body)
 
 
-def test_request_that_never_reached_its_replica_is_retried_once_on_another() -> None:
+def test_request_failing_on_two_replicas_is_answered_with_the_failure() -> None:
     async def body() -> None:
         q, (a, b, c) = queue_with(3)
         jobs = [q.submit("/predict", str(i).encode(), deadline(FAR)) for i in range(3)]
         a.fail(sent=False)  # job 0 goes back to the head of the queue
-        assert q.queued == 1 and "r0" not in q.links
+        assert q.queued == 1
         b.answer()  # b is free: job 0 goes there first
         assert [x for _, x in b.sent] == [b"1", b"0"]
         b.fail(sent=False)  # the second time it is not retried
         assert await outcome(jobs[0]) is Unreachable
         c.answer()
         assert (await jobs[1].future)[0] == (await jobs[2].future)[0] == 200
+        sent_twice = q.submit("/predict", b"3", deadline(FAR))
+        c.fail(sent=True)
+        q.set_hold_when_empty(True)  # the supervisor: replacements are starting
+        assert not sent_twice.future.done() and q.queued == 1
 
     run(body)
 
 
-def test_unreached_request_with_no_replica_left_is_no_replicas() -> None:
+def test_lost_last_replica_holds_requests_until_the_supervisor_decides() -> None:
     async def body() -> None:
         q, (a,) = queue_with(1)
         job = q.submit("/predict", b"x", deadline(FAR))
         queued = q.submit("/predict", b"y", deadline(FAR))
-        a.fail(sent=False)
-        assert await outcome(job) is NoReplicas and await outcome(queued) is NoReplicas
+        a.fail(sent=True)
+        assert not job.future.done() and q.queued == 2  # no 503 before the supervisor has a say
+        q.set_hold_when_empty(True)
+        q.remove("r0")  # being replaced: the requests wait for the replacement
+        assert q.queued == 2
+        fresh = FakeConn()
+        q.add(ReplicaLink("r1", fresh, 1))  # type: ignore[arg-type]
+        fresh.answer()
+        fresh.answer()
+        assert (await job.future)[0] == (await queued.future)[0] == 200
 
     run(body)
 

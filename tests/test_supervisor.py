@@ -103,13 +103,18 @@ def world() -> tuple[Supervisor, FakeSpawner, FakeRouter, Clock]:
     return sup, spawner, router, clock
 
 
+def last_error(sup: Supervisor, name: str = "iris") -> str:
+    error = sup.apis[name].last_error
+    return error.message if error is not None else ""
+
+
 def ids(spawner: FakeSpawner) -> list[str]:
     return [r.replica_id for r in spawner.spawned]
 
 
 def test_spawns_init_replicas_and_routes_them_once_ready(world) -> None:
     sup, spawner, router, clock = world
-    sup.add_api(make_api(min_replicas=1, init_replicas=2, max_replicas=3), version())
+    sup.deploy(make_api(min_replicas=1, init_replicas=2, max_replicas=3), version())
     sup.reconcile()
     assert len(spawner.spawned) == 2
     assert sup.status("iris") == "creating"
@@ -122,7 +127,7 @@ def test_spawns_init_replicas_and_routes_them_once_ready(world) -> None:
 
 def test_crash_after_serving_is_replaced_at_once_then_with_backoff(world) -> None:
     sup, spawner, router, clock = world
-    sup.add_api(make_api(), version())
+    sup.deploy(make_api(), version())
     sup.reconcile()
     first = ids(spawner)[0]
     sup.handle(ReplicaReady(first))
@@ -142,7 +147,7 @@ def test_crash_after_serving_is_replaced_at_once_then_with_backoff(world) -> Non
     assert len(spawner.spawned) == 3
     view = sup.apis["iris"].current.replicas[ids(spawner)[2]]
     assert view.restarts == 2
-    assert "exited with code 1" in (sup.apis["iris"].last_error or "")
+    assert "exited with code 1" in last_error(sup)
 
 
 def test_backoff_grows_and_is_capped() -> None:
@@ -152,7 +157,7 @@ def test_backoff_grows_and_is_capped() -> None:
 
 def test_repeated_load_failures_put_the_api_in_error_and_keep_retrying(world) -> None:
     sup, spawner, router, clock = world
-    sup.add_api(make_api(), version())
+    sup.deploy(make_api(), version())
     for attempt in range(LOAD_FAILURES_FOR_ERROR):
         sup.reconcile()
         rid = ids(spawner)[-1]
@@ -161,7 +166,7 @@ def test_repeated_load_failures_put_the_api_in_error_and_keep_retrying(world) ->
         sup.handle(ReplicaExited(rid, protocol.EXIT_LOAD_FAILED))
         clock.now += 120
     assert sup.status("iris") == "error"
-    assert sup.apis["iris"].last_error == "predictor.py: init(metadata) raised OSError: no weights"
+    assert last_error(sup) == "predictor.py: init(metadata) raised OSError: no weights"
     sup.reconcile()
     assert len(spawner.spawned) == LOAD_FAILURES_FOR_ERROR + 1  # still trying, with backoff
     sup.handle(ReplicaReady(ids(spawner)[-1]))
@@ -170,8 +175,8 @@ def test_repeated_load_failures_put_the_api_in_error_and_keep_retrying(world) ->
 
 def test_one_api_in_error_does_not_affect_another(world) -> None:
     sup, spawner, router, clock = world
-    sup.add_api(make_api("bad"), version())
-    sup.add_api(make_api("good"), version())
+    sup.deploy(make_api("bad"), version())
+    sup.deploy(make_api("good"), version())
     sup.reconcile()
     by_api = {r.api.name: r.replica_id for r in spawner.spawned}
     sup.handle(ReplicaReady(by_api["good"]))
@@ -188,7 +193,7 @@ def test_one_api_in_error_does_not_affect_another(world) -> None:
 
 def test_scale_down_drains_before_stopping(world) -> None:
     sup, spawner, router, clock = world
-    sup.add_api(make_api(min_replicas=1, init_replicas=2, max_replicas=2), version())
+    sup.deploy(make_api(min_replicas=1, init_replicas=2, max_replicas=2), version())
     sup.reconcile()
     for rid in ids(spawner):
         sup.handle(ReplicaReady(rid))
@@ -206,7 +211,7 @@ def test_scale_down_drains_before_stopping(world) -> None:
 
 def test_stop_grace_then_kill(world) -> None:
     sup, spawner, router, clock = world
-    sup.add_api(make_api(), version())
+    sup.deploy(make_api(), version())
     sup.reconcile()
     rid = ids(spawner)[0]
     sup.handle(ReplicaReady(rid))
@@ -227,13 +232,13 @@ def test_stop_grace_then_kill(world) -> None:
 
 def test_rolling_update_switches_only_when_the_new_version_is_ready(world) -> None:
     sup, spawner, router, clock = world
-    sup.add_api(make_api(min_replicas=2, init_replicas=2, max_replicas=2), version(1))
+    sup.deploy(make_api(min_replicas=2, init_replicas=2, max_replicas=2), version(1))
     sup.reconcile()
     old = ids(spawner)
     for rid in old:
         sup.handle(ReplicaReady(rid))
     done: list[tuple[bool, str]] = []
-    sup.update_api(make_api(min_replicas=2, init_replicas=2, max_replicas=2), version(2), lambda ok, m: done.append((ok, m)))
+    sup.deploy(make_api(min_replicas=2, init_replicas=2, max_replicas=2), version(2), lambda ok, m: done.append((ok, m)))
     sup.reconcile()
     new = ids(spawner)[2:]
     assert len(new) == 2 and all(r.version.number == 2 for r in spawner.spawned[2:])
@@ -249,12 +254,12 @@ def test_rolling_update_switches_only_when_the_new_version_is_ready(world) -> No
 
 def test_failed_update_keeps_the_old_version_serving(world) -> None:
     sup, spawner, router, clock = world
-    sup.add_api(make_api(), version(1))
+    sup.deploy(make_api(), version(1))
     sup.reconcile()
     old = ids(spawner)[0]
     sup.handle(ReplicaReady(old))
     done: list[tuple[bool, str]] = []
-    sup.update_api(make_api(), version(2), lambda ok, m: done.append((ok, m)))
+    sup.deploy(make_api(), version(2), lambda ok, m: done.append((ok, m)))
     for _ in range(LOAD_FAILURES_FOR_ERROR):
         sup.reconcile()
         rid = ids(spawner)[-1]
@@ -265,12 +270,12 @@ def test_failed_update_keeps_the_old_version_serving(world) -> None:
     assert done and done[0][0] is False and "SyntaxError" in done[0][1]
     assert router.ready["iris"] == [old]
     assert sup.status("iris") == "live"
-    assert "still serving version 1" in (sup.apis["iris"].last_error or "")
+    assert "still serving version 1" in last_error(sup)
 
 
 def test_over_memory_kills_and_reports_out_of_memory(world) -> None:
     sup, spawner, router, clock = world
-    sup.add_api(make_api(), version())
+    sup.deploy(make_api(), version())
     sup.reconcile()
     rid = ids(spawner)[0]
     sup.handle(ReplicaReady(rid))
@@ -278,13 +283,13 @@ def test_over_memory_kills_and_reports_out_of_memory(world) -> None:
     assert spawner.handles[rid].signals == ["KILL"]
     sup.handle(ReplicaExited(rid, -9))
     assert sup.status("iris") == "error (out of memory)"
-    assert "600 MiB" in (sup.apis["iris"].last_error or "")
+    assert "600 MiB" in last_error(sup)
     sup.reconcile()
     replacement = ids(spawner)[-1]
     assert replacement != rid
     sup.handle(ReplicaReady(replacement))
     assert sup.status("iris") == "live"
-    assert "600 MiB" in (sup.apis["iris"].last_error or "")  # the reason stays after recovery
+    assert "600 MiB" in last_error(sup)  # the reason stays after recovery
 
 
 def test_placement_refusal_shows_compute_unavailable(world) -> None:
@@ -298,7 +303,7 @@ def test_placement_refusal_shows_compute_unavailable(world) -> None:
             pass
 
     sup.placer = NoGpus()
-    sup.add_api(make_api(gpu=1), version())
+    sup.deploy(make_api(gpu=1), version())
     sup.reconcile()
     assert spawner.spawned == []
     assert sup.status("iris") == "compute unavailable"
@@ -307,11 +312,11 @@ def test_placement_refusal_shows_compute_unavailable(world) -> None:
 
 def test_api_removed_drains_and_disappears(world) -> None:
     sup, spawner, router, clock = world
-    sup.add_api(make_api(), version())
+    sup.deploy(make_api(), version())
     sup.reconcile()
     rid = ids(spawner)[0]
     sup.handle(ReplicaReady(rid))
-    sup.remove_api("iris")
+    sup.remove("iris")
     sup.reconcile()
     assert sup.status("iris") == "stopping"
     router.draining[rid]()
@@ -321,9 +326,9 @@ def test_api_removed_drains_and_disappears(world) -> None:
 
 def test_rescale_applies_bounds_in_place(world) -> None:
     sup, spawner, router, clock = world
-    sup.add_api(make_api(min_replicas=1, init_replicas=1, max_replicas=5), version())
+    sup.deploy(make_api(min_replicas=1, init_replicas=1, max_replicas=5), version())
     sup.reconcile()
-    sup.rescale_api(make_api(min_replicas=3, init_replicas=3, max_replicas=5))
+    sup.rescale(make_api(min_replicas=3, init_replicas=3, max_replicas=5))
     sup.reconcile()
     assert len(spawner.spawned) == 3
     assert all(r.version.number == 1 for r in spawner.spawned)

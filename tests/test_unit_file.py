@@ -148,7 +148,7 @@ def test_exec_lines_match_the_command_line() -> None:
     assert build_parser().parse_args(reload_cmd[1:]).runtime_dir == args.runtime_dir
     # The daemon's drain bound plus the replicas' stop grace stay below TimeoutStopSec, so a
     # normal stop never ends in systemd's SIGKILL.
-    assert args.drain_timeout + STOP_GRACE_S + 5 < float(one(unit, "TimeoutStopSec"))
+    assert args.drain_timeout_s + STOP_GRACE_S + 5 < float(one(unit, "TimeoutStopSec"))
     # READY=1 must not arrive before the start timeout on a cold start; keep it generous.
     assert float(one(unit, "TimeoutStartSec")) >= 120
 

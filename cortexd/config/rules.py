@@ -141,6 +141,7 @@ def compute_of(section: Section, scope: Scope) -> Compute | None:
         cpu=_compute_value(compute, "cpu"),
         gpu=_compute_value(compute, "gpu"),
         mem=_compute_value(compute, "mem"),
+        mem_limit=_compute_value(compute, "mem_limit"),
     )
 
 

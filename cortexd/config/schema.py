@@ -100,8 +100,10 @@ COMPUTE_KEYS: tuple[Key, ...] = (
         default=80, minimum=1, maximum=100),
     Key("cpu", "cpu", "CPU request per replica in cores (\"1\", 0.5, \"500m\")", default=0.2, default_doc="200m"),
     Key("gpu", "int", "whole GPUs per replica", default=0, minimum=0),
-    Key("mem", "mem", "memory per replica, also its limit (\"1G\", \"512Mi\", \"129e6\")",
-        default=None, default_doc="none"),
+    Key("mem", "mem", "memory request per replica, for admission (\"1G\", \"512Mi\", \"129e6\"); "
+        "a replica may use more", default=None, default_doc="none"),
+    Key("mem_limit", "mem", "memory limit per replica: above it the replica is stopped, "
+        "`error (out of memory)`", default=None, default_doc="none", new=True),
 )
 
 API_KEYS: tuple[Key, ...] = (

@@ -2,7 +2,8 @@
 
 One JSON request per connection, answered by JSON lines: `{"ok": true, "result": ...}` or
 `{"ok": false, "error": "..."}`; a streaming answer (logs --follow) sends `{"line": ...}`
-objects until the client hangs up. The socket is mode 0660, group `cortexd` where it exists.
+objects until the client hangs up. The commands and their handlers are declared once in
+cortexd/commands.py. The socket is mode 0660, group `cortexd` where it exists.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import logging
 import os
 from typing import Any, AsyncIterator, Awaitable, Callable, Union
+
+from cortexd.commands import BY_NAME
 
 log = logging.getLogger("cortexd.control")
 
@@ -26,7 +29,18 @@ class ControlError(Exception):
     """A request the daemon refuses; the message goes to the user as is."""
 
 
-async def start_control_server(path: str, handler: Handler) -> asyncio.AbstractServer:
+def bind_handlers(target: object) -> dict[str, Handler]:
+    """Every declared command's handler on `target`; a missing one is a bug, found at start."""
+    handlers: dict[str, Handler] = {}
+    for name, command in BY_NAME.items():
+        method = getattr(target, command.handler, None)
+        if method is None:
+            raise TypeError(f"{type(target).__name__} has no handler {command.handler!r} for command {name!r}")
+        handlers[name] = method
+    return handlers
+
+
+async def start_control_server(path: str, handlers: dict[str, Handler]) -> asyncio.AbstractServer:
     if os.path.exists(path):
         os.unlink(path)
 
@@ -34,6 +48,9 @@ async def start_control_server(path: str, handler: Handler) -> asyncio.AbstractS
         try:
             line = await reader.readline()
             request = json.loads(line)
+            handler = handlers.get(str(request.get("cmd")))
+            if handler is None:
+                raise ControlError(f"unknown command {request.get('cmd')!r}")
             result = await handler(request)
             if isinstance(result, dict):
                 writer.write(json.dumps({"ok": True, "result": result}).encode() + b"\n")

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 
 import sdnotify
 
+from cortexd.daemon.observe.status import STATUS_ORDER
+
 log = logging.getLogger(__name__)
 
 # Variables systemd hands to the main process only. Replicas must not inherit them:
@@ -32,19 +34,6 @@ SYSTEMD_ONLY_ENV: tuple[str, ...] = (
     "LISTEN_FDNAMES",
 )
 
-# Order in which statuses appear in the one-line summary (SPEC section 5); unknown
-# statuses follow in alphabetical order.
-_STATUS_ORDER: tuple[str, ...] = (
-    "live",
-    "creating",
-    "updating",
-    "compute unavailable",
-    "error",
-    "error (out of memory)",
-    "stopping",
-    "stopped",
-)
-
 # STATUS= is shown by `systemctl status`; keep it to one readable line.
 _MAX_STATUS_CHARS = 200
 
@@ -57,7 +46,7 @@ def child_env(env: Mapping[str, str]) -> dict[str, str]:
 def status_line(statuses: Mapping[str, str]) -> str:
     """One-line summary of API statuses, e.g. ``"3 APIs: 2 live, 1 creating"``.
 
-    `statuses` maps API name -> status. Pure; the order of groups is SPEC order.
+    `statuses` maps API name -> status. Pure; groups in STATUS_ORDER.
     """
     n = len(statuses)
     head = f"{n} API" if n == 1 else f"{n} APIs"
@@ -66,8 +55,8 @@ def status_line(statuses: Mapping[str, str]) -> str:
     counts: dict[str, int] = {}
     for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
-    known = [s for s in _STATUS_ORDER if s in counts]
-    unknown = sorted(s for s in counts if s not in _STATUS_ORDER)
+    known = [s for s in STATUS_ORDER if s in counts]
+    unknown = sorted(s for s in counts if s not in STATUS_ORDER)
     return head + ": " + ", ".join(f"{counts[s]} {s}" for s in known + unknown)
 
 

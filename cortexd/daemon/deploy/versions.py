@@ -15,7 +15,7 @@ from cortexd.config import Api
 from cortexd.daemon.deploy.envs import EnvBuilder
 from cortexd.daemon.deploy.fingerprint import api_fingerprint
 from cortexd.daemon.deploy.snapshots import Snapshot, SnapshotStore
-from cortexd.daemon.fleet.supervisor import Version
+from cortexd.daemon.fleet.state import Version
 from cortexd.models import fetch_model
 
 REQUIREMENTS = "requirements.txt"

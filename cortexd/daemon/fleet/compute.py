@@ -8,22 +8,23 @@ memory) and turns readings into supervisor events and desired counts.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from cortexd.config import Api
 from cortexd.daemon.fleet import autoscale
 from cortexd.daemon.fleet.admission import Capacity, Request, admit, machine_capacity
 from cortexd.daemon.fleet.gpus import GpuInfo, Nvml, choose_gpus, cuda_visible_devices, placement_shortfall_reason
-from cortexd.daemon.fleet.supervisor import READY, STARTING, DRAINING, ReplicaOverMemory, Supervisor
+from cortexd.daemon.fleet.events import ReplicaOverMemory
+from cortexd.daemon.fleet.snapshot import Fleet
+from cortexd.daemon.observe.status import UPDATING
+from cortexd.daemon.observe.views import Usage
+
+# Replica states in which a replica holds memory worth limiting.
+_LIVE_STATES = ("starting", "ready", "draining")
+READY = "ready"
 
 log = logging.getLogger("cortexd.compute")
-
-
-@dataclass
-class Usage:
-    cpu_percent: float  # of one core, whole process tree
-    rss_bytes: int
 
 
 class ComputeManager:
@@ -77,47 +78,43 @@ class ComputeManager:
 
     # -- readings ------------------------------------------------------------------------
 
-    def refresh_gpus(self) -> None:
-        """Fresh memory/utilisation readings (the set of devices does not change)."""
-        if self.nvml.available():
-            self.gpus = self.nvml.gpus()
+    def read_gpus(self) -> list[GpuInfo] | None:
+        """Fresh memory/utilisation readings (blocking: called on the readings thread); None
+        without NVML. The set of devices does not change."""
+        return self.nvml.gpus() if self.nvml.available() else None
 
-    def memory_events(self, supervisor: Supervisor, usage: dict[str, Usage]) -> list[ReplicaOverMemory]:
-        """Replicas above their API's mem limit (whole process tree), to be stopped."""
+    def memory_events(self, fleet: Fleet, usage: Mapping[str, Usage]) -> list[ReplicaOverMemory]:
+        """Replicas above their API's mem_limit (whole process tree), to be stopped."""
         events = []
-        for api in supervisor.apis.values():
-            for gen in api.generations():
-                limit = gen.spec.compute.mem
-                if limit is None:
-                    continue
-                for rep in gen.replicas.values():
-                    u = usage.get(rep.id)
-                    if u is not None and u.rss_bytes > limit and rep.state in (STARTING, READY, DRAINING):
-                        events.append(ReplicaOverMemory(rep.id, u.rss_bytes, limit))
+        for snap in fleet.values():
+            for rep in snap.replicas:
+                limit = rep.mem_limit
+                u = usage.get(rep.id)
+                if limit is not None and u is not None and u.rss_bytes > limit and rep.state in _LIVE_STATES:
+                    events.append(ReplicaOverMemory(rep.id, u.rss_bytes, limit))
         return events
 
-    def autoscale(self, supervisor: Supervisor, usage: dict[str, Usage], now: float) -> dict[str, int]:
+    def autoscale(self, fleet: Fleet, usage: Mapping[str, Usage], now: float) -> dict[str, int]:
         """Each period: desired replicas per API from its ready replicas' CPU use."""
         if now - self._last_autoscale < self.settings.period_s:
             return {}
         self._last_autoscale = now
         decisions: dict[str, int] = {}
-        for name, api in supervisor.apis.items():
-            if api.stopping or api.next is not None:
+        for name, snap in fleet.items():
+            if snap.stopping or snap.status == UPDATING or snap.version == 0:
                 continue  # a rolling update keeps its replica count
-            spec = api.spec.compute
+            spec = snap.spec.compute
             readings = [
                 usage[rep.id].cpu_percent / spec.cpu
-                for rep in api.current.replicas.values()
-                if rep.state == READY and rep.id in usage
+                for rep in snap.replicas
+                if rep.state == READY and rep.version == snap.version and rep.id in usage
             ]
             state = self.autoscale_state.get(name) or autoscale.initial_state(spec, now)
             desired, self.autoscale_state[name] = autoscale.decide(readings, state, spec, now, self.settings)
-            if desired != api.desired:
+            if desired != snap.requested:
                 mean = sum(readings) / len(readings) if readings else 0.0
                 log.info("%s: autoscaling %d -> %d replicas (cpu %.0f%% of request, target %d%%)",
-                         name, api.desired, desired, mean, spec.target_cpu_utilization)
-                supervisor.set_desired(name, desired)
+                         name, snap.requested, desired, mean, spec.target_cpu_utilization)
             decisions[name] = desired
         return decisions
 

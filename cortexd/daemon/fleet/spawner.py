@@ -23,14 +23,8 @@ from typing import Callable
 
 from cortexd.daemon.fleet.cgroups import ReplicaCgroups
 from cortexd.daemon.systemd import child_env
-from cortexd.daemon.fleet.supervisor import (
-    Event,
-    ReplicaExited,
-    ReplicaLoadFailed,
-    ReplicaOverMemory,
-    ReplicaReady,
-    SpawnRequest,
-)
+from cortexd.daemon.fleet.events import Event, ReplicaExited, ReplicaLoadFailed, ReplicaOverMemory, ReplicaReady
+from cortexd.daemon.fleet.lifecycle import SpawnRequest
 from cortexd import protocol
 
 log = logging.getLogger("cortexd.spawner")
@@ -126,14 +120,14 @@ class ProcessSpawner:
             # Before the replica has loaded anything big: what it allocates from here on is
             # charged to (and limited by) its own cgroup.
             try:
-                self._cgroups.attach(rid, proc.pid, api.compute.mem)
+                self._cgroups.attach(rid, proc.pid, api.compute.mem_limit)
             except OSError as exc:
                 log.warning("%s: replica %s runs without its own cgroup (%s); psutil limits only", api.name, rid, exc)
         watcher = _Watcher(self, api.name, rid, proc, status_r, out_r, loop)
         watcher.start()
         return handle
 
-    def _exited(self, rid: str, code: int) -> None:
+    def _exited(self, rid: str, code: int, pid: int | None = None) -> None:
         self.handles.pop(rid, None)
         try:
             os.unlink(self.socket_path(rid))
@@ -144,7 +138,7 @@ class ProcessSpawner:
             # Posted first, so the supervisor knows the exit was the kernel enforcing memory.max.
             limit = oom.limit_bytes or 0
             self._post(ReplicaOverMemory(rid, oom.peak_bytes or limit, limit, killed_by_kernel=True))
-        self._post(ReplicaExited(rid, code))
+        self._post(ReplicaExited(rid, code, pid))
 
 
 def replica_spec(request: SpawnRequest) -> protocol.ReplicaSpec:
@@ -254,4 +248,4 @@ class _Watcher:
         for fd in (self.status_fd, self.out_fd):
             self.loop.remove_reader(fd)
             os.close(fd)
-        self.spawner._exited(self.rid, code)
+        self.spawner._exited(self.rid, code, self.proc.pid)

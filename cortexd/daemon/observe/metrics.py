@@ -59,6 +59,8 @@ class GpuMetricsState:
 class MetricsState:
     apis: Sequence[ApiMetricsState] = ()
     gpus: Sequence[GpuMetricsState] = ()
+    warnings: int = 0  # things the daemon repaired or worked around that an operator should know
+    loop_errors: int = 0  # exceptions the main loop caught and survived
 
 
 StateProvider = Callable[[], MetricsState]
@@ -204,6 +206,10 @@ class _StateFamilies:
     """The scrape-time families, fresh for each scrape."""
 
     def __init__(self) -> None:
+        self.warnings = GaugeMetricFamily(
+            "cortexd_warnings", "Warnings the daemon raised since it started (listed by `cortexd get`).")
+        self.loop_errors = CounterMetricFamily(
+            "cortexd_main_loop_errors", "Errors the daemon's main loop caught and went on after (see its log).")
         self.in_flight = GaugeMetricFamily(
             "cortexd_inference_in_flight_requests", "Requests being handled by a replica, by API.", labels=["api"])
         self.queued = GaugeMetricFamily(
@@ -232,10 +238,12 @@ class _StateFamilies:
             labels=["gpu", "gpu_uuid"])
 
     def all(self) -> list[Metric]:
-        return [self.in_flight, self.queued, self.replicas, self.restarts, self.classes, self.reg_count,
+        return [self.warnings, self.loop_errors, self.in_flight, self.queued, self.replicas, self.restarts, self.classes, self.reg_count,
                 self.reg_value, self.gpu_used, self.gpu_total, self.gpu_util]
 
     def fill(self, state: MetricsState) -> None:
+        self.warnings.add_metric([], state.warnings)
+        self.loop_errors.add_metric([], state.loop_errors)
         for api in state.apis:
             name = api.name
             self.in_flight.add_metric([name], api.in_flight)

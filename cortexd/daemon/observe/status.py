@@ -13,6 +13,9 @@ ERROR_OOM = "error (out of memory)"
 STOPPING = "stopping"
 STOPPED = "stopped"
 
+# Every status, in the order summaries list them (sd_notify STATUS, docs).
+STATUS_ORDER: tuple[str, ...] = (LIVE, CREATING, UPDATING, COMPUTE_UNAVAILABLE, ERROR, ERROR_OOM, STOPPING, STOPPED)
+
 
 @dataclass(frozen=True)
 class StatusFacts:

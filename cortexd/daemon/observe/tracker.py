@@ -178,14 +178,30 @@ class PredictionTracker:
         self._forgotten: set[str] = set()    # rows to delete at the next flush
         self._last_prune_minute: int | None = None
         self._closed = False
+        self.warnings: list[str] = []  # what happened to the database file (shown by `get`, /metrics)
         parent = os.path.dirname(os.path.abspath(db_path))
         os.makedirs(parent, exist_ok=True)
+        self._db, self._inode = self._connect()
+
+    def _connect(self) -> tuple[sqlite3.Connection, int]:
         # check_same_thread=False: the daemon registers from the loop and flushes from a thread;
         # _db_lock makes that use sequential.
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        db = sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db, os.stat(self._db_path).st_ino
+
+    def _file_replaced(self) -> bool:
+        """The database file was deleted (or swapped) under us: writes would go nowhere."""
+        try:
+            return os.stat(self._db_path).st_ino != self._inode
+        except FileNotFoundError:
+            return True
 
     # ---- registration -------------------------------------------------------------------
 
@@ -373,6 +389,9 @@ class PredictionTracker:
                         batch.append((api, track, track.unwritten))
                         track.unwritten = {}
             prune = self._last_prune_minute != now_minute
+            if self._file_replaced():
+                self._recreate()
+                return
             if not forgotten and not batch and not prune:
                 return
             try:
@@ -383,6 +402,22 @@ class PredictionTracker:
                 return
             if prune:
                 self._last_prune_minute = now_minute
+
+    def _recreate(self) -> None:
+        """Start a new database file and write every figure held in memory into it (they
+        include everything flushed so far), so deleting tracker.db loses nothing."""
+        self._db.close()
+        self._db, self._inode = self._connect()
+        with self._lock:
+            tracks = [(api, track, {**track.minutes, _TOTALS_ONLY: _older_part(track)})
+                      for api, track in self._apis.items()]
+            for _, track, _ in tracks:
+                track.unwritten = {}
+        cutoff = int(self._clock()) // BUCKET_SECONDS - HOUR_BUCKETS + 1
+        self._write(set(), [], tracks, cutoff, prune=False)
+        message = f"{self._db_path} was deleted while cortexd ran; recreated it from the figures in memory"
+        self.warnings.append(message)
+        log.warning("tracker: %s", message)
 
     def _write(self, forgotten: set[str], reborn: list[tuple[str, str, float]],
                batch: list[tuple[str, _ApiTrack, dict[int, Figures]]], cutoff: int, prune: bool) -> None:
@@ -517,6 +552,46 @@ class PredictionTracker:
             if not self._closed:
                 self._closed = True
                 self._db.close()
+
+
+def _older_part(track: _ApiTrack) -> Figures:
+    """The total minus what the per-minute buckets hold (figures older than an hour)."""
+    model_type = track.model_type
+    if model_type == CLASSIFICATION:
+        total = track.total
+        assert isinstance(total, dict)
+        older: ClassFigures = dict(total)
+        for figures in track.minutes.values():
+            assert isinstance(figures, dict)
+            for label, n in figures.items():
+                older[label] = older.get(label, 0) - n
+        return {label: n for label, n in older.items() if n > 0}
+    # Regression: count and sum subtract; min/max of the whole total are kept (they bound the part).
+    reg = list(track.total)
+    for figures in track.minutes.values():
+        assert isinstance(figures, list)
+        reg[0] -= figures[0]
+        reg[1] -= figures[1]
+    return reg if reg[0] > 0 else _empty(REGRESSION)
+
+
+def open_tracker(db_path: str, **kwargs: Any) -> PredictionTracker:
+    """The tracker on `db_path`; a file SQLite cannot read is moved aside (with the time in its
+    name) and a fresh database started, so a corrupt file never stops the daemon."""
+    try:
+        return PredictionTracker(db_path, **kwargs)
+    except (sqlite3.DatabaseError, OSError) as exc:
+        aside = f"{db_path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.replace(db_path + suffix, aside + suffix)
+            except FileNotFoundError:
+                pass
+        tracker = PredictionTracker(db_path, **kwargs)
+        message = f"{db_path} could not be read ({exc}); moved it to {aside} and started a new one"
+        tracker.warnings.append(message)
+        log.warning("tracker: %s", message)
+        return tracker
 
 
 def _reg_row(row: Any) -> RegFigures:

@@ -1,25 +1,35 @@
-"""Per-API request queue and dispatch to idle ready replicas (the proxy's hot path).
+"""Per-API request queue and dispatch to idle replica slots (the proxy's hot path).
 
-Each API has one bounded FIFO of waiting requests (jobs) and a set of idle replicas. A
-replica takes one request at a time: a job goes to an idle replica at once, or waits in the
-queue until one is free, or until its deadline passes. The queue itself sends: when a
-replica's answer arrives, the next waiting job is written to that replica in the same loop
-callback, before the answered request's coroutine even resumes, so a busy API's replica
-does not sit idle for a trip through the event loop between requests.
+Each API has one bounded FIFO of waiting requests (jobs) and a set of idle slots. A slot is
+one connection to a replica and carries one request at a time; a replica has as many slots
+as requests it serves at once (`threads_per_process`, else one). A job goes to an idle slot
+at once, or waits in the queue until one is free, or until its deadline passes. The queue
+itself sends: when a slot's answer arrives, the next waiting job is written to that slot in
+the same loop callback, so a busy API's replica does not sit idle for a trip through the
+event loop between requests.
 
-Replicas enter when they are ready (`add`), leave when they die (`remove`) or are drained
-(`drain`: they finish the request they hold, then the callback fires). A request that never
-reached its replica (the connection could not be made) is retried once on another.
+The queue never decides a replica's fate; it reports what it sees to the supervisor (the one
+owner of replica state) and takes the supervisor's word:
+- a connection lost while the replica could be serving: `ReplicaLost`; the replica gets no
+  more requests and the job it held is retried once on another replica (a request that takes
+  down two replicas gets an error);
+- a request past its deadline at a replica: the client gets 504 and `ReplicaOverdue` is
+  reported (the supervisor kills and replaces the hung replica); no more requests go there;
+- the supervisor adds replicas when ready (`add`), takes them out when they die (`remove`)
+  or drain (`drain`: they finish what they hold, then the callback fires), and says whether
+  requests should wait for a replacement while there is none (`set_hold_when_empty`).
 Everything here runs on the daemon's one event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
+from cortexd.daemon.fleet.events import Event, ReplicaLost, ReplicaOverdue
 from cortexd.daemon.serving.upstream import UpstreamConnection, UpstreamError
 
 
@@ -36,11 +46,11 @@ class DeadlineExceeded(Exception):
 
 
 class PredictionTimeout(Exception):
-    """The request reached a replica but had no answer by its deadline (the replica goes on)."""
+    """The request reached a replica but had no answer by its deadline."""
 
 
 class ReplicaFailed(Exception):
-    """The replica hung up while it had the request (it exited, or was killed)."""
+    """The replicas holding the request hung up while they had it (twice: it was retried once)."""
 
 
 class Unreachable(Exception):
@@ -50,44 +60,73 @@ class Unreachable(Exception):
 class Job:
     """One request on its way through the queue: its outcome is `future`."""
 
-    __slots__ = ("target", "body", "future", "deadline", "dispatched_at", "link", "timer", "retried")
+    __slots__ = ("target", "body", "future", "deadline", "timeout_s", "created", "dispatched_at", "slot", "timer",
+                 "retried")
 
-    def __init__(self, target: str, body: bytes, future: asyncio.Future[tuple[int, bytes]], deadline: float) -> None:
+    def __init__(self, target: str, body: bytes, future: asyncio.Future[tuple[int, bytes]], deadline: float,
+                 timeout_s: float) -> None:
         self.target = target
         self.body = body
         self.future = future
-        self.deadline = deadline
-        self.dispatched_at: float | None = None  # loop time it was written to a replica
-        self.link: ReplicaLink | None = None  # the replica holding it
+        self.deadline = deadline  # loop time
+        self.timeout_s = timeout_s
+        # perf_counter stamps (the loop's clock has millisecond resolution under uvloop)
+        self.created = time.perf_counter()
+        self.dispatched_at: float | None = None  # when it was written to a replica
+        self.slot: Slot | None = None  # the slot holding it
         self.timer: asyncio.TimerHandle | None = None
         self.retried = False
 
 
-@dataclass(eq=False)
+class LinkState(enum.Enum):
+    SERVING = "serving"
+    DRAINING = "draining"  # finishing what it holds, then on_drained
+    FAILED = "failed"  # reported to the supervisor; waiting for it to `remove` the replica
+
+
+class Slot:
+    __slots__ = ("link", "conn", "job")
+
+    def __init__(self, link: ReplicaLink, conn: UpstreamConnection) -> None:
+        self.link = link
+        self.conn = conn
+        self.job: Job | None = None
+
+
 class ReplicaLink:
-    """The proxy's view of one ready replica."""
+    """The proxy's view of one ready replica: its slots (connections) and state."""
 
-    replica_id: str
-    conn: UpstreamConnection
-    version: int
-    busy: bool = False
-    active: bool = True  # False once drained or removed: never handed out again
-    on_drained: Callable[[], None] | None = None
-    served: int = 0
-    job: Job | None = None  # the request it holds
+    def __init__(self, replica_id: str, conns: UpstreamConnection | Sequence[UpstreamConnection], generation: int) -> None:
+        self.replica_id = replica_id
+        self.generation = generation
+        if isinstance(conns, UpstreamConnection) or not isinstance(conns, Sequence):
+            conns = [conns]
+        self.slots = [Slot(self, conn) for conn in conns]
+        self.state = LinkState.SERVING
+        self.on_drained: Callable[[], None] | None = None
+        self.overdue_reported = False
+
+    @property
+    def busy(self) -> bool:
+        return any(slot.job is not None for slot in self.slots)
 
 
-@dataclass(eq=False)
+def _ignore(event: Event) -> None:
+    pass
+
+
 class ApiQueue:
-    name: str
-    max_queue: int
-    links: dict[str, ReplicaLink] = field(default_factory=dict)
-    idle: deque[ReplicaLink] = field(default_factory=deque)
-    waiting: deque[Job] = field(default_factory=deque)
-    in_flight: int = 0  # jobs written to a replica and not answered yet (timed-out ones included)
-    # While a replacement for a crashed replica is starting, requests wait for it (up to
-    # their deadline) instead of failing with 503; the supervisor turns this on and off.
-    hold_when_empty: bool = False
+    def __init__(self, name: str, max_queue: int, report: Callable[[Event], None] = _ignore) -> None:
+        self.name = name
+        self.max_queue = max_queue
+        self.report = report  # observations for the supervisor (through the event pump)
+        self.links: dict[str, ReplicaLink] = {}  # serving or failed-and-not-yet-removed
+        self.idle: deque[Slot] = deque()
+        self.waiting: deque[Job] = deque()
+        self.in_flight = 0  # jobs written to a replica and not answered yet (timed-out ones included)
+        # While a replacement for a lost replica is starting, requests wait for it (up to
+        # their deadline) instead of failing with 503; the supervisor turns this on and off.
+        self.hold_when_empty = False
 
     @property
     def queued(self) -> int:
@@ -96,37 +135,37 @@ class ApiQueue:
     # -- the hot path -------------------------------------------------------------------
 
     def submit(self, target: str, body: bytes, deadline: float) -> Job:
-        """Start a request: sent to an idle replica now, or queued. Its outcome is job.future.
+        """Start a request: sent to an idle slot now, or queued. Its outcome is job.future.
 
         Raises NoReplicas or QueueFull at once when it can be neither sent nor queued.
         The future fails with NoReplicas, DeadlineExceeded, PredictionTimeout, ReplicaFailed
         or Unreachable; call `abandon` if the caller stops waiting for it.
         """
         loop = asyncio.get_running_loop()
-        link = None
+        slot = None
         idle = self.idle
-        while idle and link is None:
+        while idle and slot is None:
             candidate = idle.popleft()
-            if candidate.active:
-                link = candidate
-        if link is None:
+            if candidate.link.state is LinkState.SERVING and candidate.job is None:
+                slot = candidate
+        if slot is None:
             if not self.links and not self.hold_when_empty:
                 raise NoReplicas()
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull()
-        job = Job(target, body, loop.create_future(), deadline)
+        job = Job(target, body, loop.create_future(), deadline, deadline - loop.time())
         job.timer = loop.call_at(deadline, self._expire, job)
-        if link is not None:
-            self._send(link, job, loop.time())
+        if slot is not None:
+            self._send(slot, job)
         else:
             self.waiting.append(job)
         return job
 
     def abandon(self, job: Job) -> None:
         """The caller went away: a queued job leaves the queue; a sent one runs to its end
-        (the replica is released when it answers)."""
+        (the slot is released when the replica answers)."""
         _stop_timer(job)
-        if job.link is None:
+        if job.slot is None:
             self._unqueue(job)
 
     def _unqueue(self, job: Job) -> None:
@@ -135,56 +174,64 @@ class ApiQueue:
         except ValueError:
             pass
 
-    def _send(self, link: ReplicaLink, job: Job, now: float) -> None:
-        link.busy = True
-        link.job = job
-        job.link = link
-        job.dispatched_at = now
+    def _send(self, slot: Slot, job: Job) -> None:
+        slot.job = job
+        job.slot = slot
+        job.dispatched_at = time.perf_counter()
         self.in_flight += 1
-        link.conn.send(job.target, job.body)
+        slot.conn.send(job.target, job.body)
 
-    def _answered(self, link: ReplicaLink, status: int, payload: bytes) -> None:
-        job = link.job
+    def _answered(self, slot: Slot, status: int, payload: bytes) -> None:
+        job = slot.job
         if job is None:
             return
-        link.job = None
+        slot.job = None
         self.in_flight -= 1
-        link.served += 1
         _stop_timer(job)
         if not job.future.done():  # else it timed out or its client left: the answer goes nowhere
             job.future.set_result((status, payload))
-        self.release(link)
+        self.release(slot)
 
-    def _failed(self, link: ReplicaLink, error: UpstreamError) -> None:
-        job = link.job
-        link.job = None
-        if job is not None:
-            self.in_flight -= 1
-            job.link = None
-        self.remove(link.replica_id)
-        if job is None or job.future.done():
+    def _failed(self, slot: Slot, error: UpstreamError) -> None:
+        link, job = slot.link, slot.job
+        slot.job = None
+        if link.state is LinkState.SERVING:
+            link.state = LinkState.FAILED
+            self.report(ReplicaLost(link.replica_id, str(error)))
+        self._finish_drain_if_idle(link)
+        if job is None:
             return
-        if error.sent:
-            self._settle(job, ReplicaFailed(str(error)))
-        elif job.retried:
-            self._settle(job, Unreachable(str(error)))
-        elif not self.links and not self.hold_when_empty:
-            self._settle(job, NoReplicas())
-        else:  # it never reached the replica: once more, at the head of the queue
-            job.retried = True
-            job.dispatched_at = None
-            self.waiting.appendleft(job)
-            self._pump()
+        self.in_flight -= 1
+        job.slot = None
+        if job.future.done():
+            return
+        if job.retried:
+            self._settle(job, ReplicaFailed(str(error)) if error.sent else Unreachable(str(error)))
+            return
+        # Once more, at the head of the queue: the replica died under it (or was never reached).
+        job.retried = True
+        job.dispatched_at = None
+        self.waiting.appendleft(job)
+        self._pump()
+        if not self.links and not self.hold_when_empty:
+            self._fail_waiters()
 
     def _expire(self, job: Job) -> None:
         job.timer = None
         if job.future.done():
             return
-        if job.link is None:
+        slot = job.slot
+        if slot is None:
             self._unqueue(job)
             job.future.set_exception(DeadlineExceeded())
-        else:
-            job.future.set_exception(PredictionTimeout())
+            return
+        job.future.set_exception(PredictionTimeout())
+        link = slot.link
+        if not link.overdue_reported and link.state is not LinkState.FAILED:
+            link.overdue_reported = True
+            if link.state is LinkState.SERVING:
+                link.state = LinkState.FAILED
+            self.report(ReplicaOverdue(link.replica_id, round(job.timeout_s, 3)))
 
     def _settle(self, job: Job, exc: Exception) -> None:
         _stop_timer(job)
@@ -192,53 +239,57 @@ class ApiQueue:
             job.future.set_exception(exc)
 
     def _pump(self) -> None:
-        """Hand waiting jobs to idle replicas (after a job was put back at the head)."""
+        """Hand waiting jobs to idle slots (after a job was put back at the head)."""
         while self.waiting and self.idle:
-            link = self.idle.popleft()
-            if link.active and not link.busy:
-                self.release(link)
+            slot = self.idle.popleft()
+            if slot.link.state is LinkState.SERVING and slot.job is None:
+                self.release(slot)
 
-    def release(self, link: ReplicaLink) -> None:
-        """The replica is free: give it the next waiting job, else mark it idle."""
-        link.busy = False
-        if not link.active:
-            self._finish_drain(link)
+    def release(self, slot: Slot) -> None:
+        """The slot is free: give it the next waiting job, else mark it idle."""
+        link = slot.link
+        if link.state is not LinkState.SERVING:
+            self._finish_drain_if_idle(link)
             return
         waiting = self.waiting
         while waiting:
             job = waiting.popleft()
             if not job.future.done():
-                self._send(link, job, asyncio.get_running_loop().time())
+                self._send(slot, job)
                 return
-        self.idle.append(link)
+        self.idle.append(slot)
 
     # -- membership (driven by the supervisor) ------------------------------------------
 
     def add(self, link: ReplicaLink) -> None:
         self.links[link.replica_id] = link
-        link.conn.on_response = lambda status, payload, link=link: self._answered(link, status, payload)
-        link.conn.on_failure = lambda error, link=link: self._failed(link, error)
-        self.release(link)
+        for slot in link.slots:
+            slot.conn.on_response = lambda status, payload, slot=slot: self._answered(slot, status, payload)
+            slot.conn.on_failure = lambda error, slot=slot: self._failed(slot, error)
+            self.release(slot)
 
     def drain(self, replica_id: str, on_drained: Callable[[], None]) -> None:
-        """Stop handing the replica out; call on_drained once its current request is done."""
+        """Stop handing the replica out; call on_drained once what it holds is answered."""
         link = self.links.pop(replica_id, None)
         if link is None:
             on_drained()
             return
-        link.active = False
+        if link.state is LinkState.SERVING:
+            link.state = LinkState.DRAINING
         link.on_drained = on_drained
-        if not link.busy:
-            self._finish_drain(link)
+        self._finish_drain_if_idle(link)
         if not self.links and not self.hold_when_empty:
             self._fail_waiters()
 
     def remove(self, replica_id: str) -> None:
-        """The replica died: forget it at once (a request it held fails on its own)."""
+        """The replica is gone (or being killed): forget it at once; a request it held is
+        retried once on another replica."""
         link = self.links.pop(replica_id, None)
         if link is not None:
-            link.active = False
-            link.conn.close()
+            link.state = LinkState.FAILED
+            link.on_drained = None
+            for slot in link.slots:
+                slot.conn.close()
         if not self.links and not self.hold_when_empty:
             self._fail_waiters()
 
@@ -247,10 +298,13 @@ class ApiQueue:
         if not hold and not self.links:
             self._fail_waiters()
 
-    def _finish_drain(self, link: ReplicaLink) -> None:
-        link.conn.close()
+    def _finish_drain_if_idle(self, link: ReplicaLink) -> None:
+        if link.state is LinkState.SERVING or link.busy:
+            return
         callback, link.on_drained = link.on_drained, None
         if callback is not None:
+            for slot in link.slots:
+                slot.conn.close()
             callback()
 
     def _fail_waiters(self) -> None:

@@ -1,7 +1,9 @@
-"""The reverse proxy on the host port: routes endpoints to their API's queue and replicas.
+"""Routes and queues: endpoint -> API -> its queue of requests -> a replica (the hot path).
 
 Request bodies pass through as bytes: the replica parses the JSON (and answers 400 when it
-is not JSON), so the proxy never decodes a payload unless the API is tracked.
+is not JSON), so the proxy never decodes a payload unless the API is tracked. The Proxy is
+the supervisor's Router (replicas in and out of queues) and reports what it sees of replicas
+back as events (lost connections, overdue answers). The HTTP app is serving/app.py.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from cortexd import protocol
+from cortexd.daemon.fleet.events import Event
 from cortexd.daemon.serving.dispatch import (
     ApiQueue,
     DeadlineExceeded,
@@ -27,9 +31,6 @@ from cortexd.daemon.serving.dispatch import (
 from cortexd.daemon.serving.upstream import UpstreamConnection
 
 log = logging.getLogger("cortexd.proxy")
-
-JSON = "application/json"
-CORS = {"Access-Control-Allow-Origin": "*"}
 
 
 @dataclass
@@ -46,18 +47,6 @@ class ProxyObserver(Protocol):
     def observe(self, api: str, status: int, latency_s: float, queue_s: float, body: bytes) -> None: ...
 
 
-class ApiDirectory(Protocol):
-    """What the proxy asks the daemon about APIs (status, summary, readiness)."""
-
-    def api_status(self, api: str) -> str: ...
-
-    def api_summary(self, api: str) -> dict[str, Any]: ...
-
-    def readiness(self) -> tuple[bool, list[dict[str, Any]]]: ...
-
-    def metrics_text(self) -> tuple[bytes, str]: ...
-
-
 @dataclass
 class Answer:
     status: int
@@ -65,16 +54,23 @@ class Answer:
     headers: dict[str, str] | None = None
 
 
-def _error(status: int, message: str, **extra: Any) -> Answer:
-    return Answer(status, json.dumps({"error": message, **extra}).encode())
+def error_answer(code: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Answer:
+    return Answer(code, json.dumps({"error": message, **extra}).encode(), headers)
 
 
 class Proxy:
     """Holds the routes and queues; implements the supervisor's Router protocol."""
 
-    def __init__(self, settings: ProxySettings, directory: ApiDirectory, observer: ProxyObserver | None = None) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        status_of: Callable[[str], str],
+        report: Callable[[Event], None],
+        observer: ProxyObserver | None = None,
+    ) -> None:
         self.settings = settings
-        self.directory = directory
+        self.status_of = status_of  # an API's status, for 503 messages
+        self.report = report  # replica observations, to the supervisor through the event pump
         self.observer = observer
         self.queues: dict[str, ApiQueue] = {}
         self.routes: dict[str, str] = {}  # endpoint -> api name
@@ -83,7 +79,7 @@ class Proxy:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    # -- routes (daemon) -----------------------------------------------------------------
+    # -- routes (the reloader) ----------------------------------------------------------
 
     def set_route(self, api: str, endpoint: str) -> None:
         """Add an API's route, or move it atomically to a new endpoint."""
@@ -91,8 +87,7 @@ class Proxy:
             if name == api and ep != endpoint:
                 del self.routes[ep]
         self.routes[endpoint] = api
-        if api not in self.queues:
-            self.queues[api] = ApiQueue(api, self.settings.max_queue)
+        self._queue(api)
 
     def remove_route(self, api: str) -> None:
         """New requests to the API get 404; its queue stays until `forget`, so the requests
@@ -112,13 +107,17 @@ class Proxy:
         q = self.queues.get(api)
         return (q.in_flight, q.queued) if q is not None else (0, 0)
 
-    # -- Router protocol (supervisor) ----------------------------------------------------
-
-    def replica_ready(self, api: str, replica_id: str, socket_path: str, version: int) -> None:
+    def _queue(self, api: str) -> ApiQueue:
         q = self.queues.get(api)
         if q is None:
-            q = self.queues[api] = ApiQueue(api, self.settings.max_queue)
-        q.add(ReplicaLink(replica_id, UpstreamConnection(socket_path), version))
+            q = self.queues[api] = ApiQueue(api, self.settings.max_queue, self.report)
+        return q
+
+    # -- Router protocol (the supervisor) -----------------------------------------------
+
+    def replica_ready(self, api: str, replica_id: str, socket_path: str, generation: int, slots: int = 1) -> None:
+        conns = [UpstreamConnection(socket_path) for _ in range(max(1, slots))]
+        self._queue(api).add(ReplicaLink(replica_id, conns, generation))
 
     def drain(self, api: str, replica_id: str, on_drained: Callable[[], None]) -> None:
         q = self.queues.get(api)
@@ -133,40 +132,40 @@ class Proxy:
             q.remove(replica_id)
 
     def set_hold_when_empty(self, api: str, hold: bool) -> None:
-        q = self.queues.get(api)
-        if q is not None:
-            q.set_hold_when_empty(hold)
+        self._queue(api).set_hold_when_empty(hold)
 
     # -- the hot path --------------------------------------------------------------------
 
     async def predict(self, api: str, body: bytes, query: str) -> Answer:
         """Queue, dispatch to a replica, answer; also used by `cortexd predict`."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        # perf_counter: the loop's clock has millisecond resolution under uvloop, too coarse
+        # for sub-millisecond predictions.
+        started = time.perf_counter()
         self.in_flight += 1
         self._idle.clear()
         queue_s = 0.0
         try:
-            answer, queue_s = await self._dispatch(api, body, query, started)
+            answer, queue_s = await self._dispatch(api, body, query)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
         if self.observer is not None:
-            self.observer.observe(api, answer.status, loop.time() - started, queue_s, answer.body)
+            self.observer.observe(api, answer.status, time.perf_counter() - started, queue_s, answer.body)
         return answer
 
-    async def _dispatch(self, api: str, body: bytes, query: str, started: float) -> tuple[Answer, float]:
+    async def _dispatch(self, api: str, body: bytes, query: str) -> tuple[Answer, float]:
         q = self.queues.get(api)
         if q is None:
-            return self._unavailable(api, "the API has no replicas"), 0.0
+            return self.unavailable(api, "the API has no replicas"), 0.0
         target = protocol.PREDICT_PATH + ("?" + query if query else "")
+        loop_started = asyncio.get_running_loop().time()
         try:
-            job = q.submit(target, body, started + self.settings.request_timeout_s)
+            job = q.submit(target, body, loop_started + self.settings.request_timeout_s)
         except NoReplicas:
-            return self._unavailable(api, "no replica is ready"), 0.0
+            return self.unavailable(api, "no replica is ready"), 0.0
         except QueueFull:
-            return self._unavailable(api, f"all replicas are busy and the queue is full ({q.max_queue})"), 0.0
+            return self.unavailable(api, f"all replicas are busy and the queue is full ({q.max_queue})"), 0.0
         try:
             status, payload = await job.future
         except asyncio.CancelledError:
@@ -175,33 +174,30 @@ class Proxy:
             q.abandon(job)
             raise
         except (NoReplicas, DeadlineExceeded, PredictionTimeout, ReplicaFailed, Unreachable) as exc:
-            return self._failure(api, q, job, exc, started)
-        dispatched = job.dispatched_at
-        return Answer(status, payload), (dispatched - started if dispatched is not None else 0.0)
+            return self._failure(api, job, exc)
+        return Answer(status, payload), _queue_time(job)
 
-    def _failure(self, api: str, q: ApiQueue, job: Job, exc: Exception, started: float) -> tuple[Answer, float]:
-        loop = asyncio.get_running_loop()
-        queue_s = (job.dispatched_at if job.dispatched_at is not None else loop.time()) - started
+    def _failure(self, api: str, job: Job, exc: Exception) -> tuple[Answer, float]:
+        queue_s = _queue_time(job)
         timeout = self.settings.request_timeout_s
         if isinstance(exc, NoReplicas):
-            return self._unavailable(api, "no replica is ready"), queue_s
+            return self.unavailable(api, "no replica is ready"), queue_s
         if isinstance(exc, DeadlineExceeded):
-            return _error(504, f"waited longer than the request timeout ({timeout:g}s) for a replica"), queue_s
+            return error_answer(504, f"waited longer than the request timeout ({timeout:g}s) for a replica"), queue_s
         if isinstance(exc, PredictionTimeout):
-            return _error(504, f"the prediction ran longer than the request timeout ({timeout:g}s)"), queue_s
+            return error_answer(
+                504, f"the prediction ran longer than the request timeout ({timeout:g}s); the replica is being replaced"
+            ), queue_s
         if isinstance(exc, ReplicaFailed):
-            log.warning("%s: a replica failed during a request: %s", api, exc)
-            return self._unavailable(api, "the replica exited while handling the request"), queue_s
+            log.warning("%s: a request failed on two replicas: %s", api, exc)
+            return self.unavailable(api, "the replica exited while handling the request (tried twice)"), queue_s
         log.warning("%s: no replica could be reached: %s", api, exc)
-        return self._unavailable(api, "no replica could be reached"), queue_s
+        return self.unavailable(api, "no replica could be reached"), queue_s
 
-    def _unavailable(self, api: str, reason: str) -> Answer:
-        status = self.directory.api_status(api)
-        return Answer(
-            503,
-            json.dumps({"error": f"{reason} (API {api} is {status})", "status": status}).encode(),
-            {"Retry-After": str(self.settings.retry_after_s)},
-        )
+    def unavailable(self, api: str, reason: str) -> Answer:
+        status = self.status_of(api)
+        return error_answer(503, f"{reason} (API {api} is {status})", {"Retry-After": str(self.settings.retry_after_s)},
+                            status=status)
 
     async def wait_idle(self, timeout: float) -> bool:
         try:
@@ -210,77 +206,7 @@ class Proxy:
         except asyncio.TimeoutError:
             return False
 
-    # -- the Sanic app -------------------------------------------------------------------
 
-    def build_app(self, name: str = "cortexd") -> Any:
-        from sanic import Sanic
-        from sanic.exceptions import SanicException
-        from sanic.response import HTTPResponse
-
-        app = Sanic(name, configure_logging=False)
-        app.config.REQUEST_MAX_SIZE = self.settings.max_body_bytes
-        app.config.ACCESS_LOG = False
-        app.config.NOISY_EXCEPTIONS = False
-        app.config.FALLBACK_ERROR_FORMAT = "json"
-        app.config.KEEP_ALIVE_TIMEOUT = 75
-        app.config.REQUEST_TIMEOUT = 60
-        app.config.RESPONSE_TIMEOUT = self.settings.request_timeout_s + 30
-        proxy = self
-        cors = CORS
-
-        def respond(answer: Answer) -> HTTPResponse:
-            headers = dict(cors)
-            if answer.headers:
-                headers.update(answer.headers)
-            return HTTPResponse(answer.body, status=answer.status, headers=headers, content_type=JSON)
-
-        def json_response(status: int, obj: Any, headers: dict[str, str] | None = None) -> HTTPResponse:
-            return respond(Answer(status, json.dumps(obj).encode(), headers))
-
-        @app.get("/healthz")
-        async def healthz(request: Any) -> HTTPResponse:
-            return json_response(200, {"status": "ok"})
-
-        @app.get("/readyz")
-        async def readyz(request: Any) -> HTTPResponse:
-            ok, not_ready = proxy.directory.readiness()
-            return json_response(200 if ok else 503, {"ready": ok, "not_ready": not_ready})
-
-        @app.get("/metrics")
-        async def metrics(request: Any) -> HTTPResponse:
-            body, ctype = proxy.directory.metrics_text()
-            return HTTPResponse(body, status=200, headers=dict(cors), content_type=ctype)
-
-        async def endpoint(request: Any, path: str = "") -> HTTPResponse:
-            route = request.path.rstrip("/") or "/"
-            api = proxy.routes.get(route)
-            if api is None:
-                return json_response(404, {"error": f"no API is served at {route}"})
-            method = request.method
-            if method == "POST":
-                if not proxy.accepting:
-                    return json_response(503, {"error": "cortexd is shutting down"}, {"Retry-After": "5", "Connection": "close"})
-                return respond(await proxy.predict(api, request.body, request.query_string))
-            if method == "GET":
-                return json_response(200, proxy.directory.api_summary(api))
-            if method == "OPTIONS":
-                return HTTPResponse(
-                    b"", status=204,
-                    headers={**cors, "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-                             "Access-Control-Allow-Headers": "Content-Type"},
-                )
-            return json_response(405, {"error": f"{method} is not allowed; POST a JSON body to {route}"})
-
-        methods = ["GET", "POST", "OPTIONS", "PUT", "PATCH", "DELETE"]
-        app.add_route(endpoint, "/", methods=methods, name="root")
-        app.add_route(endpoint, "/<path:path>", methods=methods, name="endpoint")
-
-        @app.exception(SanicException)
-        async def sanic_error(request: Any, exc: SanicException) -> HTTPResponse:
-            status = getattr(exc, "status_code", 500) or 500
-            message = str(exc) or getattr(exc, "message", "") or "error"
-            if status == 413:
-                message = f"request body is larger than the limit ({self.settings.max_body_bytes} bytes)"
-            return json_response(status, {"error": message})
-
-        return app
+def _queue_time(job: Job) -> float:
+    end = job.dispatched_at if job.dispatched_at is not None else time.perf_counter()
+    return max(0.0, end - job.created)

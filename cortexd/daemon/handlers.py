@@ -1,0 +1,136 @@
+"""The daemon's answers: the control commands (cortexd/commands.py names them) and the HTTP
+app's non-prediction routes. Every answer about APIs is rendered from one supervisor snapshot
+by the pure functions of observe/views.py."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from cortexd.daemon.control import ControlError
+from cortexd.daemon.deploy.reloader import ReloadReport
+from cortexd.daemon.fleet.compute import ComputeManager
+from cortexd.daemon.fleet.supervisor import Supervisor
+from cortexd.daemon.observe import views
+from cortexd.daemon.observe.api_logs import log_path, read_tail
+from cortexd.daemon.observe.latency import LatencyStats
+from cortexd.daemon.observe.metrics import GpuMetricsState, Metrics, MetricsState
+from cortexd.daemon.observe.tracker import PredictionTracker
+from cortexd.daemon.serving.proxy import Proxy
+
+
+@dataclass
+class Sources:
+    """Who owns what the answers read (each piece of state has one owner)."""
+
+    supervisor: Supervisor
+    proxy: Proxy
+    compute: ComputeManager
+    tracker: PredictionTracker
+    metrics: Metrics
+    stats: dict[str, LatencyStats]  # per API, written by the proxy's observer
+    usage: Callable[[], dict[str, views.Usage]]  # the latest readings, per replica
+    loop_age: Callable[[], float]  # seconds since the main loop last went round
+    loop_errors: Callable[[], int]  # exceptions the main loop survived
+    warnings: Callable[[], list[str]]  # what the daemon repaired that an operator should know
+    reload: Callable[[list[str]], Awaitable[ReloadReport]]
+    log_dir: str
+    stopping: asyncio.Event
+
+
+class Handlers:
+    def __init__(self, sources: Sources, stall_s: float) -> None:
+        self.s = sources
+        self.stall_s = stall_s
+        sources.metrics.set_state_provider(self._metrics_state)
+
+    # -- control commands ----------------------------------------------------------------
+
+    async def get(self, request: dict[str, Any]) -> dict[str, Any]:
+        fleet = self.s.supervisor.snapshot()
+        usage = self.s.usage()
+        name = request.get("api")
+        if name:
+            return self._view(fleet[self._known(name, fleet)], usage)
+        return {"apis": [self._view(snap, usage) for snap in fleet.values()], "warnings": self.s.warnings()}
+
+    async def predict(self, request: dict[str, Any]) -> dict[str, Any]:
+        name = self._known(str(request.get("api", "")), self.s.supervisor.snapshot())
+        body = str(request.get("body", "")).encode()
+        answer = await self.s.proxy.predict(name, body, "debug=true" if request.get("debug") else "")
+        return {"status": answer.status, "body": answer.body.decode("utf-8", "replace")}
+
+    async def reload(self, request: dict[str, Any]) -> dict[str, Any]:
+        return (await self.s.reload(list(request.get("force") or []))).as_dict()
+
+    async def logs(self, request: dict[str, Any]) -> AsyncIterator[str]:
+        name = self._known(str(request.get("api", "")), self.s.supervisor.snapshot())
+        return self._follow(log_path(self.s.log_dir, name), int(request.get("lines", 100)), bool(request.get("follow")))
+
+    async def gpus(self, request: dict[str, Any]) -> dict[str, Any]:
+        owners = {rep.id: snap.name for snap in self.s.supervisor.snapshot().values() for rep in snap.replicas}
+        return self.s.compute.gpu_table(owners.get)
+
+    # -- the app's views (serving/app.py Views) ------------------------------------------------
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        return views.liveness(self.s.loop_age(), self.stall_s)
+
+    def readiness(self) -> tuple[bool, list[dict[str, Any]]]:
+        return views.readiness(self.s.supervisor.snapshot())
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        return self.s.metrics.render()
+
+    def api_summary(self, api: str) -> dict[str, Any]:
+        snap = self.s.supervisor.snapshot().get(api)
+        return views.api_summary(snap) if snap is not None else {"api": api, "status": "stopped"}
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _view(self, snap: views.ApiSnapshot, usage: dict[str, views.Usage]) -> dict[str, Any]:
+        return views.api_view(snap, usage, self.s.proxy.queue_counts(snap.name), self.s.stats.get(snap.name),
+                              self.s.tracker.summary(snap.name))
+
+    @staticmethod
+    def _known(name: str, fleet: views.Fleet) -> str:
+        if name not in fleet:
+            raise ControlError(f"no API named {name!r}; APIs: {', '.join(fleet) or 'none'}")
+        return name
+
+    def _metrics_state(self) -> MetricsState:
+        gpus = [
+            GpuMetricsState(index=g.index, uuid=g.uuid, memory_used=g.memory_used, memory_total=g.memory_total,
+                            utilization=float(g.utilization or 0), name=g.name)
+            for g in self.s.compute.gpus
+        ]
+        return views.metrics_state(self.s.supervisor.snapshot(), self.s.proxy.queue_counts, self.s.tracker.summary,
+                                   gpus, len(self.s.warnings()), self.s.loop_errors())
+
+    async def _follow(self, path: str, lines: int, follow: bool) -> AsyncIterator[str]:
+        for line in read_tail(path, lines):
+            yield line
+        if not follow:
+            return
+        position = os.path.getsize(path) if os.path.exists(path) else 0
+        pending = b""
+        while not self.s.stopping.is_set():
+            await asyncio.sleep(0.25)
+            try:
+                size = os.path.getsize(path)
+            except OSError:
+                continue
+            if size < position:  # rotated
+                position = 0
+            if size == position:
+                continue
+            with open(path, "rb") as f:
+                f.seek(position)
+                data = f.read(size - position)
+            position = size
+            pending += data
+            *complete, pending = pending.split(b"\n")
+            for raw in complete:
+                yield raw.decode("utf-8", "replace")

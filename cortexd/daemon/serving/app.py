@@ -1,0 +1,167 @@
+"""The HTTP app on the host port (Sanic): health, readiness, metrics, and every API endpoint.
+
+The connection protocol is Sanic's, with two guards a server facing careless or hostile
+clients needs and Sanic's own timeouts do not give (they restart on every byte):
+- a cap on open client connections: over it, a new connection gets 503 and is closed, the
+  ones already open are untouched;
+- absolute deadlines: a client has `header_timeout_s` from its request's first byte to send
+  the whole header block, and `request_timeout_s` more for the body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sanic.http.constants import Stage
+from sanic.server.protocols.http_protocol import HttpProtocol
+
+from cortexd.daemon.serving.proxy import Answer, Proxy
+
+log = logging.getLogger("cortexd.app")
+
+JSON = "application/json"
+CORS = {"Access-Control-Allow-Origin": "*"}
+
+_OVERLOADED_BODY = b'{"error": "too many open connections; try again"}'
+OVERLOADED = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+    b"connection: close\r\ncontent-length: " + str(len(_OVERLOADED_BODY)).encode() + b"\r\n\r\n" + _OVERLOADED_BODY
+)
+
+
+class Views(Protocol):
+    """What the app shows that is not a prediction (renderings of the supervisor's snapshot)."""
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]: ...
+
+    def readiness(self) -> tuple[bool, list[dict[str, Any]]]: ...
+
+    def metrics_text(self) -> tuple[bytes, str]: ...
+
+    def api_summary(self, api: str) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int
+    header_timeout_s: float
+    request_timeout_s: float
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[HttpProtocol]:
+    class GuardedHttpProtocol(HttpProtocol):  # type: ignore[misc]  # Sanic's classes are untyped
+        _rejected = False
+
+        def connection_made(self, transport: Any) -> None:
+            if len(self.connections) >= limits.max_connections:
+                self._rejected = True
+                transport.write(OVERLOADED)
+                transport.close()
+                return
+            super().connection_made(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self._rejected:
+                super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._rejected:
+                return
+            # Sanic restarts its timeout clock on every byte; from the first byte of a request
+            # until its handler runs, keep the clock where the request began (absolute).
+            http = getattr(self, "_http", None)
+            frozen = http is not None and http.stage in (Stage.REQUEST, Stage.HANDLER)
+            began = self._time
+            super().data_received(data)
+            if frozen:
+                self._time = began
+
+    return GuardedHttpProtocol
+
+
+def build_app(proxy: Proxy, views: Views, limits: ConnectionLimits, name: str = "cortexd") -> Any:
+    from sanic import Sanic
+    from sanic.exceptions import SanicException
+    from sanic.response import HTTPResponse
+
+    app = Sanic(name, configure_logging=False)
+    app.config.REQUEST_MAX_SIZE = proxy.settings.max_body_bytes
+    app.config.ACCESS_LOG = False
+    app.config.NOISY_EXCEPTIONS = False
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.KEEP_ALIVE_TIMEOUT = 75
+    # With the clock held at the request's first byte (GuardedHttpProtocol): the header block
+    # must be complete within header_timeout_s, the body within request_timeout_s after it.
+    app.config.REQUEST_TIMEOUT = limits.header_timeout_s
+    app.config.RESPONSE_TIMEOUT = limits.header_timeout_s + limits.request_timeout_s + 5
+
+    def respond(answer: Answer) -> HTTPResponse:
+        headers = dict(CORS)
+        if answer.headers:
+            headers.update(answer.headers)
+        return HTTPResponse(answer.body, status=answer.status, headers=headers, content_type=JSON)
+
+    def json_response(status: int, obj: Any, headers: dict[str, str] | None = None) -> HTTPResponse:
+        return respond(Answer(status, json.dumps(obj).encode(), headers))
+
+    def handler_started(request: Any) -> None:
+        # The body has arrived: from here the handler's own deadlines apply (the proxy's
+        # request timeout), so restart Sanic's clock for the response timeout.
+        protocol = request.transport.get_protocol() if request.transport is not None else None
+        if protocol is not None and hasattr(protocol, "_time"):
+            from time import monotonic
+
+            protocol._time = monotonic()
+
+    @app.get("/healthz")
+    async def healthz(request: Any) -> HTTPResponse:
+        ok, body = views.liveness()
+        return json_response(200 if ok else 503, body)
+
+    @app.get("/readyz")
+    async def readyz(request: Any) -> HTTPResponse:
+        ok, not_ready = views.readiness()
+        return json_response(200 if ok else 503, {"ready": ok, "not_ready": not_ready})
+
+    @app.get("/metrics")
+    async def metrics(request: Any) -> HTTPResponse:
+        body, ctype = views.metrics_text()
+        return HTTPResponse(body, status=200, headers=dict(CORS), content_type=ctype)
+
+    async def endpoint(request: Any, path: str = "") -> HTTPResponse:
+        route = request.path.rstrip("/") or "/"
+        api = proxy.routes.get(route)
+        if api is None:
+            return json_response(404, {"error": f"no API is served at {route}"})
+        method = request.method
+        if method == "POST":
+            if not proxy.accepting:
+                return json_response(503, {"error": "cortexd is shutting down"}, {"Retry-After": "5", "Connection": "close"})
+            handler_started(request)
+            return respond(await proxy.predict(api, request.body, request.query_string))
+        if method == "GET":
+            return json_response(200, views.api_summary(api))
+        if method == "OPTIONS":
+            return HTTPResponse(
+                b"", status=204,
+                headers={**CORS, "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                         "Access-Control-Allow-Headers": "Content-Type"},
+            )
+        return json_response(405, {"error": f"{method} is not allowed; POST a JSON body to {route}"})
+
+    methods = ["GET", "POST", "OPTIONS", "PUT", "PATCH", "DELETE"]
+    app.add_route(endpoint, "/", methods=methods, name="root")
+    app.add_route(endpoint, "/<path:path>", methods=methods, name="endpoint")
+
+    @app.exception(SanicException)
+    async def sanic_error(request: Any, exc: SanicException) -> HTTPResponse:
+        status = getattr(exc, "status_code", 500) or 500
+        message = str(exc) or getattr(exc, "message", "") or "error"
+        if status == 413:
+            message = f"request body is larger than the limit ({proxy.settings.max_body_bytes} bytes)"
+        return json_response(status, {"error": message})
+
+    return app

@@ -1,0 +1,98 @@
+"""The daemon's settings: each declared once, with its default, its `serve` flag and help.
+
+`cortexd serve --help`, the daemon and docs/reference/cli.md all read these rows; nothing
+else writes a default down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from cortexd import paths
+from cortexd.config.quantities import parse_mem
+
+
+def _setting(
+    default: Any, flag: str, help: str, parse: Callable[[str], Any] | None = None, metavar: str | None = None,
+    shown: str | None = None,
+) -> Any:
+    """A field with its flag; `shown` is the default as --help writes it (None: the value)."""
+    meta = {"flag": flag, "help": help, "parse": parse, "metavar": metavar, "shown": shown}
+    return field(default=default, metadata=meta)
+
+
+def _mem(text: str) -> int:
+    try:
+        return parse_mem(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+@dataclass
+class DaemonSettings:
+    # Paths: "" means the default for this user (systemd's directories, root's, or per-user).
+    config: str = _setting("", "--config", "the cortex.yaml to serve (default: /etc/cortexd/cortex.yaml as root, "
+                           "else ./cortex.yaml)")
+    host: str = _setting("0.0.0.0", "--host", "address the HTTP port listens on")
+    port: int = _setting(8888, "--port", "the HTTP port", int)
+    state_dir: str = _setting("", "--state-dir", "versions, environments, model cache and tracker.db")
+    runtime_dir: str = _setting("", "--runtime-dir", "control socket and replica sockets (env CORTEXD_RUNTIME_DIR)")
+    log_dir: str = _setting("", "--log-dir", "one log file per API")
+    autoscale_period_s: float = _setting(15.0, "--autoscale-period", "seconds between autoscaling decisions", float)
+    downscale_window_s: float = _setting(300.0, "--downscale-window", "seconds of stabilisation before scaling down",
+                                         float)
+    request_timeout_s: float = _setting(60.0, "--request-timeout", "seconds a request may wait and run; a replica "
+                                        "that has not answered by then is replaced", float)
+    max_queue: int = _setting(1024, "--max-queue", "requests waiting per API before 503", int)
+    max_body_bytes: int = _setting(32 * 1024 * 1024, "--max-body", "largest request body (413 above it)",
+                                   _mem, "SIZE", "32Mi")
+    max_connections: int = _setting(0, "--max-connections", "open client connections before new ones get 503 "
+                                    "(default: from the open-file limit)", int)
+    header_timeout_s: float = _setting(10.0, "--header-timeout", "seconds a client has to send a request's headers",
+                                       float)
+    drain_timeout_s: float = _setting(30.0, "--drain-timeout", "seconds to finish requests on stop", float)
+    prepare_timeout_s: float = _setting(900.0, "--prepare-timeout", "seconds an API's model fetch and environment "
+                                        "build may take before it is `error`", float)
+    # Not flags: fixed by the unit's timeouts and the reload protocol.
+    reload_timeout_s: float = 600.0  # how long `cortexd reload` waits for new replicas
+    stop_grace_s: float = 5.0  # SIGTERM, then SIGKILL
+
+    def resolved(self) -> DaemonSettings:
+        """Absolute paths, defaults for this user filled in."""
+        return dataclasses.replace(
+            self,
+            config=os.path.abspath(self.config or paths.default_config()),
+            state_dir=os.path.abspath(self.state_dir or paths.default_state_dir()),
+            runtime_dir=os.path.abspath(self.runtime_dir or paths.default_runtime_dir()),
+            log_dir=os.path.abspath(self.log_dir or paths.default_log_dir()),
+        )
+
+
+def flag_fields() -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(DaemonSettings) if "flag" in f.metadata]
+
+
+def add_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    for f in flag_fields():
+        if f.name in skip:
+            continue
+        meta = f.metadata
+        default = f.default
+        shown = meta["shown"] or (str(default) if default not in ("", 0, None) else "")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default,
+                                  "help": meta["help"] + (f" (default: {shown})" if shown else "")}
+        if meta["parse"] is not None:
+            kwargs["type"] = meta["parse"]
+        kwargs["metavar"] = meta["metavar"] or {float: "SECONDS", int: "N"}.get(meta["parse"], "PATH")
+        if f.name in ("host",):
+            kwargs["metavar"] = "ADDRESS"
+        parser.add_argument(meta["flag"], **kwargs)
+
+
+def from_args(args: argparse.Namespace) -> DaemonSettings:
+    values = {f.name: getattr(args, f.name) for f in flag_fields() if hasattr(args, f.name)}
+    return DaemonSettings(**values).resolved()
