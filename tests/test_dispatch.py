@@ -19,7 +19,6 @@ from cortexd.daemon.serving.dispatch import (
     NoReplicas,
     PredictionTimeout,
     QueueFull,
-    ReplicaFailed,
     ReplicaLink,
     Unreachable,
 )
@@ -314,5 +313,25 @@ def test_draining_the_last_replica_fails_the_waiters_unless_held() -> None:
         held = q2.submit("/predict", b"y", deadline(FAR))
         q2.drain("r0", lambda: None)
         assert not held.future.done() and q2.queued == 1
+
+    run(body)
+
+
+def test_a_replica_with_several_slots_serves_that_many_requests_at_once() -> None:
+    async def body() -> None:
+        q = ApiQueue("api", 10)
+        conns = [FakeConn() for _ in range(3)]
+        q.add(ReplicaLink("r0", conns, 1))  # type: ignore[arg-type]  # threads_per_process: 3
+        jobs = [q.submit("/predict", str(i).encode(), deadline(FAR)) for i in range(4)]
+        assert [c.sent for c in conns] == [[("/predict", b"0")], [("/predict", b"1")], [("/predict", b"2")]]
+        assert q.in_flight == 3 and q.queued == 1
+        conns[1].answer()  # the first slot to finish takes the waiting request
+        assert conns[1].sent[-1] == ("/predict", b"3")
+        for c in conns:
+            c.answer()
+        assert [(await j.future)[0] for j in jobs] == [200] * 4
+        drained: list[str] = []
+        q.drain("r0", lambda: drained.append("r0"))
+        assert drained == ["r0"] and all(c.closed for c in conns)
 
     run(body)

@@ -112,7 +112,7 @@ def test_hung_or_stopped_replica_is_replaced(faulty: Daemon, fault: str) -> None
         assert r.status == 504 and "request timeout (3s)" in r.json()["error"], r.body
     faulted_at = time.monotonic()
     took = wait_serving(faulty, "/f/echo", 3 + 5)
-    wait_for(lambda: (v := faulty.get("echo"))["ready"] == 2 and len(before & set(faulty.replica_pids("echo"))) == 1,
+    wait_for(lambda: faulty.get("echo")["ready"] == 2 and len(before & set(faulty.replica_pids("echo"))) == 1,
              20, 0.1, what="the replacement replica")
     view = faulty.get("echo")
     assert view["status"] == "live"
@@ -144,7 +144,7 @@ def test_kill_9_of_every_replica_under_load_fails_no_request(faulty: Daemon) -> 
         killed_at = time.monotonic()
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: (v := faulty.get("echo"))["ready"] == 2 and not set(victims) & set(faulty.replica_pids("echo")),
+        wait_for(lambda: faulty.get("echo")["ready"] == 2 and not set(victims) & set(faulty.replica_pids("echo")),
                  30, 0.1, what="replacements")
         recovered = time.monotonic() - killed_at
         before = len(statuses)

@@ -227,7 +227,7 @@ def test_replica_of_the_old_version_restarting_runs_the_old_files(project, tmp_p
             f.write(textwrap.dedent(ECHO).replace('"v1"', '"edited-on-disk"'))
         pid = d.replica_pids("meta")[0]
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: (v := d.get("meta"))["ready"] == 1 and pid not in d.replica_pids("meta"), 30, what="replacement")
+        wait_for(lambda: d.get("meta")["ready"] == 1 and pid not in d.replica_pids("meta"), 30, what="replacement")
         assert Client(d.port).post("/r/meta", {}).json()["version"] == "v1"  # not the edit: no reload yet
         out = reload(d)
         assert out.returncode == 0, out.stdout + out.stderr

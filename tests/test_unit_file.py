@@ -136,7 +136,9 @@ def test_settings_that_would_break_gpus_are_absent(key: str) -> None:
 
 def test_exec_lines_match_the_command_line() -> None:
     from cortexd.cli import build_parser
-    from cortexd.daemon.fleet.supervisor import STOP_GRACE_S
+    from cortexd.daemon.settings import DaemonSettings
+
+    STOP_GRACE_S = DaemonSettings().stop_grace_s
 
     unit = parse_unit(UNIT.read_text())
     start = expand(one(unit, "ExecStart").replace("$CORTEXD_OPTS", ""))

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from cortexd import paths
 from cortexd.config.quantities import parse_mem
+from cortexd.daemon.fleet.failures import STOP_GRACE_S
 
 
 def _setting(
@@ -59,7 +60,7 @@ class DaemonSettings:
                                         "build may take before it is `error`", float)
     # Not flags: fixed by the unit's timeouts and the reload protocol.
     reload_timeout_s: float = 600.0  # how long `cortexd reload` waits for new replicas
-    stop_grace_s: float = 5.0  # SIGTERM, then SIGKILL
+    stop_grace_s: float = STOP_GRACE_S  # SIGTERM, then SIGKILL
 
     def resolved(self) -> DaemonSettings:
         """Absolute paths, defaults for this user filled in."""
