@@ -182,24 +182,16 @@ def test_tagged_cache_folders_are_skipped(tmp_path: Path, store: SnapshotStore) 
     assert (Path(snap.path) / "fake" / CACHEDIR_TAG).exists()
 
 
-def test_refcounts_and_gc(tmp_path: Path, store: SnapshotStore) -> None:
+def test_gc_removes_every_version_not_kept(tmp_path: Path, store: SnapshotStore) -> None:
     proj = make_project(tmp_path / "proj")
     old = store.take(str(proj))
     new = store.take(str(proj))
-    store.acquire(old.version_id)
-    store.acquire(old.version_id)
-    assert store.refcount(old.version_id) == 2
-    assert store.gc(keep=[new.version_id]) == []  # old is held
-    store.release(old.version_id)
-    assert store.gc(keep=[new.version_id]) == []
-    store.release(old.version_id)
+    assert store.gc(keep=[old.version_id, new.version_id]) == []
     assert store.gc(keep=[new.version_id]) == [old.version_id]
     assert not os.path.exists(old.path)
     assert os.path.exists(new.path)
     with pytest.raises(KeyError):
-        store.acquire(old.version_id)
-    with pytest.raises(ValueError):
-        store.release(new.version_id)
+        store.path(old.version_id)
     assert store.gc(keep=[]) == [new.version_id]
     assert store.versions() == []
 

@@ -31,8 +31,8 @@ How, per file:
   that it resolves inside the snapshot; one that points outside is made absolute (what is
   outside the project is not versioned, like an absolute model path).
 
-`acquire`/`release` count the users of a version (replicas); `gc(keep)` removes the
-versions nobody holds and that are not in `keep`, then the objects no snapshot uses.
+`gc(keep)` removes the versions not in `keep` (the supervisor's versions in use), then the
+objects no snapshot uses.
 `take` does disk I/O proportional to the project's small files: call it from a thread
 (``loop.run_in_executor``), not on the event loop. All methods are thread-safe.
 """
@@ -151,17 +151,16 @@ class SnapshotStore:
         if not is_tagged_cache_dir(self.root):
             with open(os.path.join(self.root, CACHEDIR_TAG), "wb") as f:
                 f.write(CACHEDIR_SIGNATURE + b"\n# cortexd snapshots: derived data, see cortexd/daemon/deploy/snapshots.py\n")
-        # _io serialises take() and gc() (disk work, may be slow); _refs guards the
-        # reference counts and is only held briefly, so acquire()/release() never wait
-        # for a copy to finish.
+        # _io serialises take() and gc() (disk work, may be slow); _known_lock guards the
+        # set of versions and is only held briefly, so path() never waits for a copy.
         self._io = threading.Lock()
-        self._refs_lock = threading.Lock()
-        self._refs: dict[str, int] = {}
+        self._known_lock = threading.Lock()
+        self._known: set[str] = set()
         with os.scandir(self.root) as it:
             for entry in it:
-                # Versions left by an earlier run are known (unheld) so gc() can remove them.
+                # Versions left by an earlier run are known so gc() can remove them.
                 if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
-                    self._refs[entry.name] = 0
+                    self._known.add(entry.name)
 
     # -- versions -------------------------------------------------------------------
 
@@ -182,8 +181,8 @@ class SnapshotStore:
             except BaseException:
                 _rmtree(tmp)
                 raise
-            with self._refs_lock:
-                self._refs[version_id] = 0
+            with self._known_lock:
+                self._known.add(version_id)
         snap = Snapshot(
             version_id, final, counts.files_copied, counts.bytes_copied, counts.files_shared, counts.bytes_shared
         )
@@ -195,43 +194,22 @@ class SnapshotStore:
 
     def path(self, version_id: str) -> str:
         """Folder of a known version. KeyError if unknown or removed."""
-        with self._refs_lock:
-            if version_id not in self._refs:
+        with self._known_lock:
+            if version_id not in self._known:
                 raise KeyError(version_id)
         return os.path.join(self.root, version_id)
 
     def versions(self) -> list[str]:
-        with self._refs_lock:
-            return sorted(self._refs)
-
-    def refcount(self, version_id: str) -> int:
-        with self._refs_lock:
-            return self._refs[version_id]
-
-    def acquire(self, version_id: str) -> None:
-        """One more user (a replica) of the version. KeyError if unknown or removed."""
-        with self._refs_lock:
-            if version_id not in self._refs:
-                raise KeyError(version_id)
-            self._refs[version_id] += 1
-
-    def release(self, version_id: str) -> None:
-        """One user fewer. The version stays on disk until gc()."""
-        with self._refs_lock:
-            count = self._refs.get(version_id, 0)
-            if count <= 0:
-                raise ValueError(f"snapshot {version_id} is not held")
-            self._refs[version_id] = count - 1
+        with self._known_lock:
+            return sorted(self._known)
 
     def gc(self, keep: Collection[str]) -> list[str]:
-        """Remove versions that are not in `keep` and not held; return their ids."""
+        """Remove versions that are not in `keep`; return their ids."""
         keep_set = set(keep)
         with self._io:
-            with self._refs_lock:
-                doomed = sorted(v for v, n in self._refs.items() if n == 0 and v not in keep_set)
-                for v in doomed:
-                    # Forget first: from here acquire() of a doomed version raises.
-                    del self._refs[v]
+            with self._known_lock:
+                doomed = sorted(v for v in self._known if v not in keep_set)
+                self._known -= set(doomed)
             for v in doomed:
                 _rmtree(os.path.join(self.root, v))
             self._remove_leftovers()
