@@ -41,6 +41,7 @@ _STATUS_ORDER: tuple[str, ...] = (
     "compute unavailable",
     "error",
     "error (out of memory)",
+    "error (out of GPU memory)",
     "stopping",
     "stopped",
 )
