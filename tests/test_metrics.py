@@ -116,9 +116,8 @@ def test_gauges_come_from_the_provider_at_scrape_time() -> None:
     assert s[("cortexd_gpu_memory_used_bytes", gpu)] == 1024
     assert s[("cortexd_gpu_memory_total_bytes", gpu)] == 16 * 2**30
     assert s[("cortexd_gpu_utilization", gpu)] == pytest.approx(0.37)
-    on_card = (("gpu", "0"), ("gpu_uuid", "GPU-fake-0"))
-    iris_1 = (("api", "iris"), ("replica", "iris-1"), *on_card)
-    price_2 = (("api", "price"), ("replica", "price-2"), *on_card)
+    iris_1 = (("api", "iris"), ("gpu", "0"), ("gpu_uuid", "GPU-fake-0"), ("replica", "iris-1"))
+    price_2 = (("api", "price"), ("gpu", "0"), ("gpu_uuid", "GPU-fake-0"), ("replica", "price-2"))
     assert s[("cortexd_replica_gpu_memory_used_bytes", iris_1)] == 3 * 2**30
     assert s[("cortexd_replica_gpu_memory_limit_bytes", iris_1)] == 6 * 2**30
     assert s[("cortexd_replica_gpu_share", iris_1)] == 0.5
