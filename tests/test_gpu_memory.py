@@ -74,7 +74,8 @@ def test_the_reason_says_what_how_much_and_the_margin() -> None:
 
 def test_replica_view() -> None:
     assert replica_gpu_view(None, None) == {"gpu_share": None, "gpu_mem_bytes": None, "gpu_mem_limit": None}
-    assert replica_gpu_view(HALF_6G, None) == {"gpu_share": 0.5, "gpu_mem_bytes": 0, "gpu_mem_limit": 6 * GiB}
+    assert replica_gpu_view(HALF_6G, None) == {"gpu_share": 0.5, "gpu_mem_bytes": None, "gpu_mem_limit": 6 * GiB}
+    assert replica_gpu_view(HALF_6G, {}) == {"gpu_share": 0.5, "gpu_mem_bytes": 0, "gpu_mem_limit": 6 * GiB}
     assert replica_gpu_view(Holding((0, 1), 1.0, None), {0: GiB, 1: 2 * GiB}) == {
         "gpu_share": 1.0, "gpu_mem_bytes": 3 * GiB, "gpu_mem_limit": None}
 
@@ -91,6 +92,8 @@ def test_gpu_rows_list_each_replica_with_share_and_memory() -> None:
     # 16 - (5 - 3 ours = 2 others) - max(6, 2) - max(0, 1) = 7
     assert rows[0]["free_for_replicas"] == 7 * GiB
     assert (rows[1]["replicas"], rows[1]["replica"], rows[1]["share_used"]) == ([], None, 0.0)
+    unread = gpu_rows(gpus, {"a-1": HALF_6G}, {}, lambda rid: None)
+    assert unread[0]["replicas"][0]["gpu_mem_bytes"] is None  # no reading yet: unknown, not 0
 
 
 def test_process_tree_of_this_process_and_of_none() -> None:

@@ -101,11 +101,13 @@ def over_gpu_memory(holdings: Mapping[str, Holding], usage: Mapping[str, Mapping
 
 
 def replica_gpu_view(holding: Holding | None, usage: Mapping[int, int] | None) -> dict[str, Any]:
-    """The GPU fields of one replica's row in `cortexd get API`."""
+    """The GPU fields of one replica's row in `cortexd get API`; gpu_mem_bytes is None until
+    there is a reading (usage None), 0 when the reading found no process of it on a GPU."""
+    on_gpu = holding is not None and bool(holding.indices)
     return {
-        "gpu_share": holding.share if holding is not None and holding.indices else None,
-        "gpu_mem_bytes": sum(usage.values()) if usage else (0 if holding is not None and holding.indices else None),
-        "gpu_mem_limit": holding.gpu_mem if holding is not None else None,
+        "gpu_share": holding.share if holding is not None and on_gpu else None,
+        "gpu_mem_bytes": sum(usage.values()) if on_gpu and usage is not None else None,
+        "gpu_mem_limit": holding.gpu_mem if holding is not None and on_gpu else None,
     }
 
 
@@ -124,7 +126,8 @@ def gpu_rows(
                 "id": rid,
                 "api": api_of(rid),
                 "share": held.share,
-                "gpu_mem_bytes": usage.get(rid, {}).get(g.index, 0),
+                # None: no reading yet (or NVML cannot attribute memory to processes here)
+                "gpu_mem_bytes": usage[rid].get(g.index, 0) if rid in usage else None,
                 "gpu_mem_limit": held.gpu_mem,
             }
             for rid, held in sorted(holdings.items())
