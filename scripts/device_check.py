@@ -30,7 +30,9 @@ import tempfile
 import textwrap
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -197,7 +199,11 @@ class Check:
         raise TimeoutError(f"timed out waiting for {what}")
 
     def get(self, api: str) -> dict[str, Any]:
-        return cli.call(self.runtime, {"cmd": "get", "api": api})
+        view: dict[str, Any] = cli.call(self.runtime, {"cmd": "get", "api": api})
+        return view
+
+    def live(self, api: str) -> Callable[[], bool]:
+        return lambda: bool(self.get(api)["status"] == "live")
 
     def cortexd(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "cortexd", *args], capture_output=True, text=True, timeout=120,
@@ -250,7 +256,7 @@ SHARING_YAML = f"""\
 def sharing(c: Check) -> dict[str, Any]:
     c.start(SHARING_YAML)
     for api in ("half-a", "half-b"):
-        c.wait(lambda api=api: c.get(api)["status"] == "live", 180, f"{api} live")
+        c.wait(c.live(api), 180, f"{api} live")
     third = c.wait(lambda: (v := c.get("half-c"))["status"] == "compute unavailable" and v, 30, "half-c refused")
     states = {api: c.post(f"/dc/{api}", {"state": True})[1] for api in ("half-a", "half-b")}
     predictions = {api: c.post(f"/dc/{api}", SAMPLE) for api in ("half-a", "half-b")}
@@ -274,9 +280,10 @@ def accounting(c: Check) -> dict[str, Any]:
         pids = process_tree(state["pid"])
         nvml_bytes = sum(used for per_pid in by_device.values() for pid, used in per_pid.items() if pid in pids)
         view = c.get(api)["replicas"][0]
+        daemon_view = view.get("gpu_mem_bytes")  # None until the daemon reads replicas' GPU memory
         out[api] = {"nvml_mib": round(nvml_bytes / MiB), "torch_reserved_mib": round(state["torch_reserved"] / MiB),
                     "overhead_mib": round((nvml_bytes - state["torch_reserved"]) / MiB),
-                    "daemon_view_mib": None if view.get("gpu_mem_bytes") is None else round(view["gpu_mem_bytes"] / MiB)}
+                    "daemon_view_mib": None if daemon_view is None else round(daemon_view / MiB)}
     # NVML sees at least what torch reserved (plus the CUDA context), never less
     return {"ok": all(v["nvml_mib"] >= v["torch_reserved_mib"] > 0 for v in out.values()), **out}
 
@@ -411,7 +418,7 @@ def throughput(c: Check) -> dict[str, Any]:
     c.start(text)
     apis = ["plain"] + (["batched"] if batched else [])
     for api in apis:
-        c.wait(lambda api=api: c.get(api)["status"] == "live", 180, f"{api} live")
+        c.wait(c.live(api), 180, f"{api} live")
     seconds = 5 if c.fake else 20
     result: dict[str, Any] = {"batching_accepted": batched is not None}
     for api in apis:
@@ -440,7 +447,7 @@ def main() -> int:
     try:
         for name, fn, needs in steps:
             if name in wanted:
-                c.step(name, lambda fn=fn: fn(c), needs)
+                c.step(name, partial(fn, c), needs)
     finally:
         c.stop()
         c.save()

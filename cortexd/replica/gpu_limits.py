@@ -84,7 +84,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         if fullname != self.name:
             return None
         sys.meta_path.remove(self)  # once, and never in the way of the import it wraps
-        spec = None
+        spec: importlib.machinery.ModuleSpec | None = None
         for finder in list(sys.meta_path):
             find = getattr(finder, "find_spec", None)
             spec = find(fullname, path, target) if find is not None else None
@@ -92,7 +92,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
                 break
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        loader = spec.loader
+        loader: Any = spec.loader  # the loader's own exec_module is replaced on this instance
         run = loader.exec_module
         then = self.then
 
@@ -100,8 +100,15 @@ class _AfterImport(importlib.abc.MetaPathFinder):
             run(module)
             then(module)
 
-        loader.exec_module = exec_module  # type: ignore[method-assign]
+        loader.exec_module = exec_module
         return spec
+
+
+def _logging(limiter: Limiter, gpu_mem: int) -> Callable[[types.ModuleType], None]:
+    def apply(module: types.ModuleType) -> None:
+        _log(limiter(module, gpu_mem))
+
+    return apply
 
 
 def limit_frameworks(gpu_mem: int | None, frameworks: Sequence[str] = ("torch", "tensorflow")) -> list[str]:
@@ -117,7 +124,7 @@ def limit_frameworks(gpu_mem: int | None, frameworks: Sequence[str] = ("torch", 
             continue
         if any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
             continue
-        sys.meta_path.insert(0, _AfterImport(name, lambda m, limiter=limiter: _log(limiter(m, gpu_mem))))
+        sys.meta_path.insert(0, _AfterImport(name, _logging(limiter, gpu_mem)))
     for line in done:
         _log(line)
     return done

@@ -9,17 +9,23 @@ readings into supervisor events and desired counts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from cortexd.config import Api
 from cortexd.daemon.fleet import autoscale
 from cortexd.daemon.fleet.admission import Capacity, Request, admit, machine_capacity
-from cortexd.daemon.fleet.gpu_memory import OverGpuMemory, gpu_rows, over_gpu_memory, replica_gpu_memory, replica_gpu_view
+from cortexd.daemon.fleet.gpu_memory import (
+    OverGpuMemory,
+    gpu_rows,
+    over_gpu_memory,
+    replica_gpu_memory,
+    replica_gpu_view,
+)
 from cortexd.daemon.fleet.gpus import GpuInfo, Nvml
 from cortexd.daemon.fleet.placement import GpuRequest, Holding, cuda_visible_devices, place_gpus
-from cortexd.daemon.fleet.supervisor import READY, STARTING, DRAINING, ReplicaOverMemory, Supervisor
+from cortexd.daemon.fleet.supervisor import DRAINING, READY, STARTING, ReplicaOverMemory, Supervisor
 
 log = logging.getLogger("cortexd.compute")
 

@@ -29,6 +29,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 from cortexd.config.quantities import parse_mem
 from cortexd.daemon.fleet.gpus import FAKE_GPUS_ENV, GpuInfo, sum_over_devices
@@ -162,7 +163,7 @@ def read_proc_dir(directory: str, uuids: Mapping[str, int]) -> dict[int, dict[in
         except OSError:
             continue
         pid = int(name)
-        charges = parse_charges(text, uuids, lambda: _visible_device(pid, uuids))
+        charges = parse_charges(text, uuids, partial(_visible_device, pid, uuids))
         if charges:
             out[pid] = charges
     return out

@@ -186,7 +186,8 @@ def _place_whole(
     for gpu in gpus:
         holders_per_card[_card(gpu)] = holders_per_card.get(_card(gpu), 0) + loads[gpu.index].holders
     preferred = set(prefer)
-    free.sort(key=lambda g: (g.index not in preferred, holders_per_card[_card(g)], -loads[g.index].free_memory, g.index))
+    free.sort(key=lambda g: (g.index not in preferred, holders_per_card[_card(g)], -loads[g.index].free_memory,
+                             g.index))
     return [g.index for g in free[: request.count]], refusals
 
 
@@ -215,7 +216,11 @@ def _place_share(
 
 
 def _refusal(
-    head: str, request: GpuRequest, gpus: Sequence[GpuInfo], loads: Mapping[int, DeviceLoad], refusals: Mapping[int, str]
+    head: str,
+    request: GpuRequest,
+    gpus: Sequence[GpuInfo],
+    loads: Mapping[int, DeviceLoad],
+    refusals: Mapping[int, str],
 ) -> str:
     total = len(gpus)
     if not request.fractional and request.count > total:
