@@ -84,7 +84,7 @@ def _render_gpus(args: argparse.Namespace, result: Any) -> int:
         return EXIT_OK
     if result.get("reason"):
         print(result["reason"])
-    print(tables.format_gpus(result["gpus"]))
+    print(tables.format_gpus(result["gpus"], result.get("frameworks") or []))
     return EXIT_OK
 
 

@@ -42,6 +42,8 @@ class ReplicaSpec:
     python_path: str
     gpus: list[int] = field(default_factory=list)  # indices as seen through CUDA_VISIBLE_DEVICES
     cpu: float = 0.2
+    gpu_share: float = 0.0  # of its one card (0.25, 0.5), 1.0 for whole GPUs, 0 without a GPU
+    gpu_mem: int | None = None  # bytes of GPU memory per GPU: the frameworks' limits (replica/gpu_limits.py)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ NONE = "-"
 
 API_HEADERS = ["api", "status", "up-to-date", "requested", "requests", "2XX", "4XX", "5XX", "p50", "p99", "endpoint"]
 REPLICA_HEADERS = ["replica", "pid", "state", "gpus", "cpu %", "memory", "restarts"]
-GPU_HEADERS = ["gpu", "name", "memory", "util", "replica"]
+REPLICA_GPU_MEMORY_HEADER = "gpu memory"  # shown when a replica of the API has a GPU
+GPU_HEADERS = ["gpu", "name", "memory", "util", "replica", "api", "share", "gpu memory"]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -42,7 +43,11 @@ def format_api(api: Mapping[str, Any]) -> str:
     sections = [table(API_HEADERS, [_api_row(api)])]
     replicas = api.get("replicas") or []
     if replicas:
-        sections.append(table(REPLICA_HEADERS, [_replica_row(r) for r in replicas]))
+        with_gpu = any(r.get("gpu_mem_bytes") is not None for r in replicas)
+        headers = REPLICA_HEADERS + [REPLICA_GPU_MEMORY_HEADER] if with_gpu else REPLICA_HEADERS
+        rows = [_replica_row(r) + ([_gpu_memory(r.get("gpu_mem_bytes"), r.get("gpu_mem_limit"))] if with_gpu else [])
+                for r in replicas]
+        sections.append(table(headers, rows))
     else:
         sections.append("no replicas")
     if api.get("last_error"):
@@ -75,25 +80,53 @@ def format_tracker(tracker: Mapping[str, Any]) -> str:
     return table(["prediction", "total", "last hour"], rows)
 
 
-def format_gpus(gpus: Sequence[Mapping[str, Any]]) -> str:
-    """`cortexd gpus`: one row per GPU.
+def format_gpus(gpus: Sequence[Mapping[str, Any]], frameworks: Sequence[str] = ()) -> str:
+    """`cortexd gpus`: one row per GPU and one per replica on it (its share and GPU memory),
+    then one line per framework installed (`frameworks`, from cortexd.gpu_probe.describe).
 
-    Each item: {"index", "name", "memory_used", "memory_total" (bytes), "utilization" (percent),
-    "replica": replica id holding it, or None}.
+    Each GPU: {"index", "name", "memory_used", "memory_total" (bytes), "utilization" (percent),
+    "replicas": [{"id", "api", "share", "gpu_mem_bytes", "gpu_mem_limit"}]}; without
+    "replicas", its "replica" (one id or None) is shown.
     """
-    if not gpus:
-        return "no GPUs found"
-    rows = []
-    for gpu in gpus:
-        memory = f"{human_bytes(gpu.get('memory_used'))} / {human_bytes(gpu.get('memory_total'))}"
-        utilization = gpu.get("utilization")
-        util = NONE if utilization is None else f"{utilization:.0f} %"
+    lines = [table(GPU_HEADERS, [row for gpu in gpus for row in _gpu_rows(gpu)])] if gpus else ["no GPUs found"]
+    if frameworks:
+        lines.append("\n".join(["frameworks:", *(f"  {line}" for line in frameworks)]))
+    return "\n\n".join(lines)
+
+
+def _gpu_rows(gpu: Mapping[str, Any]) -> list[list[str]]:
+    memory = f"{human_bytes(gpu.get('memory_used'))} / {human_bytes(gpu.get('memory_total'))}"
+    utilization = gpu.get("utilization")
+    util = NONE if utilization is None else f"{utilization:.0f} %"
+    card = [str(gpu.get("index", NONE)), str(gpu.get("name") or NONE), memory, util]
+    replicas = gpu.get("replicas")
+    if replicas is None:
         replica = gpu.get("replica")
-        if isinstance(replica, (list, tuple)):
-            replica = ",".join(str(r) for r in replica)
-        rows.append([str(gpu.get("index", NONE)), str(gpu.get("name") or NONE), memory, util,
-                     str(replica) if replica not in (None, "") else NONE])
-    return table(GPU_HEADERS, rows)
+        replicas = [{"id": replica, "api": gpu.get("api")}] if replica else []
+    if not replicas:
+        return [card + [NONE, NONE, NONE, NONE]]
+    rows = []
+    for n, rep in enumerate(replicas):
+        share = rep.get("share")
+        rows.append((card if n == 0 else [""] * len(card)) + [
+            str(rep.get("id") or NONE),
+            str(rep.get("api") or NONE),
+            NONE if share is None else _share(share),
+            _gpu_memory(rep.get("gpu_mem_bytes"), rep.get("gpu_mem_limit")),
+        ])
+    return rows
+
+
+def _share(share: float) -> str:
+    """1.0 -> "1", 0.25 -> "0.25" (at most three decimals)."""
+    return f"{share:.3f}".rstrip("0").rstrip(".") or "0"
+
+
+def _gpu_memory(used: int | None, limit: int | None) -> str:
+    """"1.2 GiB", or "1.2 GiB / 6.0 GiB" against the replica's gpu_mem; "-" when unknown."""
+    if used is None:
+        return NONE
+    return human_bytes(used) if not limit else f"{human_bytes(used)} / {human_bytes(limit)}"
 
 
 def _api_row(api: Mapping[str, Any]) -> list[str]:
@@ -116,11 +149,15 @@ def _api_row(api: Mapping[str, Any]) -> list[str]:
 def _replica_row(replica: Mapping[str, Any]) -> list[str]:
     gpus = replica.get("gpus") or []
     cpu = replica.get("cpu_percent")
+    share = replica.get("gpu_share")
+    placed = ",".join(str(g) for g in gpus) if gpus else NONE
+    if gpus and share is not None and share < 1:
+        placed += f" ({_share(share)})"  # a share of the card
     return [
         str(replica.get("id", NONE)),
         _count(replica.get("pid")),
         str(replica.get("state", NONE)),
-        ",".join(str(g) for g in gpus) if gpus else NONE,
+        placed,
         NONE if cpu is None else f"{cpu:.1f}",
         human_bytes(replica.get("rss_bytes")),
         _count(replica.get("restarts")),

@@ -132,8 +132,22 @@ API_CASES: list[tuple[str, tuple[int, int | None, str, str]]] = [
      (1, None, "compute.min_replicas", 'expected an integer, got a string ("2")')),
     ("python: {predictor: predictor.py}\ncompute: {min_replicas: true}",
      (1, None, "compute.min_replicas", "expected an integer, got a boolean (true)")),
-    ("python: {predictor: predictor.py}\ncompute: {gpu: 1.5}", (1, None, "compute.gpu", "expected an integer, got a number (1.5)")),
-    ("python: {predictor: predictor.py}\ncompute: {gpu: -1}", (1, None, "compute.gpu", "must be >= 0 (got -1)")),
+    ("python: {predictor: predictor.py}\ncompute: {gpu: 1.5}",
+     (1, None, "compute.gpu", "1.5 is neither a whole number of GPUs nor a share of one; use 1 or 2 GPUs")),
+    ("python: {predictor: predictor.py}\ncompute: {gpu: -1}", (1, None, "compute.gpu", "must be >= 0 GPUs, got -1")),
+    ("python: {predictor: predictor.py}\ncompute: {gpu: -0.5}", (1, None, "compute.gpu", "must be >= 0 GPUs, got -0.5")),
+    ("python: {predictor: predictor.py}\ncompute: {gpu: '1'}",
+     (1, None, "compute.gpu", 'expected whole GPUs as an integer (1, 2) or a share of one GPU as a number below 1 (0.25, 0.5), got "1"')),
+    ("python: {predictor: predictor.py}\ncompute: {gpu: .nan}", (1, None, "compute.gpu", "must be >= 0 GPUs, got nan")),
+    ("python: {predictor: predictor.py}\ncompute: {gpu: true}", (1, None, "compute.gpu", "got a boolean (true)")),
+    ("python: {predictor: predictor.py}\ncompute: {gpu: 1, gpu_mem: 6g}",
+     (1, None, "compute.gpu_mem", 'did you mean "6G" or "6Gi"?')),
+    ("python: {predictor: predictor.py}\ncompute: {gpu: 1, gpu_mem: 0}", (1, None, "compute.gpu_mem", "must be > 0 bytes")),
+    ("python: {predictor: predictor.py}\ncompute: {gpu_mem: 6Gi}",
+     (1, None, "compute.gpu_mem", "needs gpu (whole GPUs or a share of one, e.g. gpu: 0.5)")),
+    ("python: {predictor: predictor.py}\ncompute: {gpu: 0, gpu_mem: 6Gi}", (1, None, "compute.gpu_mem", "needs gpu")),
+    ("python: {predictor: predictor.py}\ncompute: {gpu: 1, gpu_memory: 6Gi}",
+     (1, None, "compute.gpu_memory", 'unknown key; did you mean "gpu_mem"?')),
     ("python: {predictor: predictor.py}\ncompute: {target_cpu_utilization: 0}",
      (1, None, "compute.target_cpu_utilization", "must be between 1 and 100 (got 0)")),
     ("python: {predictor: predictor.py}\ncompute: {target_cpu_utilization: 101}",
@@ -145,7 +159,7 @@ API_CASES: list[tuple[str, tuple[int, int | None, str, str]]] = [
     ("python: {predictor: predictor.py}\ncompute: 3", (1, 3, "compute", "expected a mapping with keys: min_replicas, max_replicas")),
     ("python: {predictor: predictor.py}\ncompute: {min_replica: 2}",
      (1, None, "compute.min_replica", 'unknown key; did you mean "min_replicas"? (accepted: min_replicas, max_replicas, '
-      "init_replicas, target_cpu_utilization, cpu, gpu, mem, mem_limit)")),
+      "init_replicas, target_cpu_utilization, cpu, gpu, mem, mem_limit, gpu_mem)")),
     # compute: bounds between keys
     ("python: {predictor: predictor.py}\ncompute: {min_replicas: 3, max_replicas: 2}",
      (1, None, "compute.max_replicas", "must be >= min_replicas (3)")),
@@ -323,7 +337,8 @@ def test_unnamed_api_is_named_by_its_place_in_the_list(project: Path) -> None:
         "cortex.yaml:3:3: [1].name: required: the API's name, unique in the file "
         "(lowercase letters, digits and '-', starting with a letter)",
         "cortex.yaml:3:3: [1]: give exactly one of python, tensorflow, onnx (none given)",
-        'cortex.yaml:4:13: [1].compute.gpu: expected an integer, got a string ("x")',
+        'cortex.yaml:4:13: [1].compute.gpu: expected whole GPUs as an integer (1, 2) or a share of one GPU as a number '
+        'below 1 (0.25, 0.5), got "x"',
     ]
 
 
@@ -393,6 +408,24 @@ def test_every_compute_key_is_read(project: Path) -> None:
     """
     (api,) = load(project, api_text(body)).apis
     assert api.compute == Compute(2, 6, 4, 50, 1.5, 2, 2**30)
+
+
+@pytest.mark.parametrize(
+    ("compute", "gpu", "gpu_mem"),
+    [
+        ("{gpu: 0}", 0, None),
+        ("{gpu: 0.25}", 0.25, None),
+        ("{gpu: 0.5, gpu_mem: 6Gi}", 0.5, 6 * 2**30),
+        ("{gpu: 1}", 1, None),
+        ("{gpu: 1.0}", 1, None),
+        ("{gpu: 3, gpu_mem: 512Mi}", 3, 512 * 2**20),
+        ("{gpu: 0.1, gpu_mem: 1e9}", 0.1, 10**9),
+        ("{gpu: 1, gpu_mem: ~}", 1, None),
+    ],
+)
+def test_gpu_shares_and_gpu_memory_are_read(project: Path, compute: str, gpu: float, gpu_mem: int | None) -> None:
+    (api,) = load(project, api_text(f"python: {{predictor: predictor.py}}\ncompute: {compute}")).apis
+    assert (api.compute.gpu, api.compute.gpu_mem) == (gpu, gpu_mem)
 
 
 def test_full_api_with_tracker_metadata_and_endpoint(project: Path) -> None:
@@ -509,7 +542,7 @@ def test_load_config_and_validate_path_read_the_file(project: Path) -> None:
     assert validate_path(str(path)) == []
     path.write_text(api_text("python: {predictor: predictor.py}\ncompute: {gpu: -2}"))
     (issue,) = validate_path(str(path))
-    assert str(issue) == 'cortex.yaml:6:13: api "iris": compute.gpu: must be >= 0 (got -2)'
+    assert str(issue) == 'cortex.yaml:6:13: api "iris": compute.gpu: must be >= 0 GPUs, got -2'
 
 
 def test_unreadable_file_is_an_error(project: Path) -> None:

@@ -6,112 +6,15 @@ from typing import Any
 
 import pytest
 
-from cortexd.daemon.fleet.gpus import (
-    FAKE_GPU_MEMORY,
-    FakeNvml,
-    GpuInfo,
-    RealNvml,
-    choose_gpus,
-    cuda_visible_devices,
-    open_nvml,
-    placement_shortfall_reason,
-)
+from cortexd.daemon.fleet.fake_nvml import FakeNvml
+from cortexd.daemon.fleet.gpus import RealNvml, open_nvml, sum_over_devices
+from cortexd.daemon.fleet.placement import cuda_visible_devices
 
 GiB = 1024**3
+NOT_AVAILABLE = (1 << 64) - 1  # NVML_VALUE_NOT_AVAILABLE as pynvml hands it over
 
 
-def gpu(index: int, used_gib: float = 0, *, total_gib: float = 16, mig: bool = False,
-        parent: int | None = None) -> GpuInfo:
-    return GpuInfo(index=index, uuid=f"GPU-{index}", name="T", memory_total=int(total_gib * GiB),
-                   memory_used=int(used_gib * GiB), utilization=0, mig=mig, parent=parent)
-
-
-# ------------------------------------------------------------------ choose_gpus
-
-TWO = [gpu(0), gpu(1)]
-UNEVEN = [gpu(0, used_gib=8), gpu(1, used_gib=1), gpu(2, used_gib=4), gpu(3, used_gib=1)]
-# card 0 split into 3 MIG devices (indices 0-2), card 1 into 2 (indices 3-4)
-MIG = [gpu(0, mig=True, parent=0, total_gib=5), gpu(1, mig=True, parent=0, total_gib=5),
-       gpu(2, mig=True, parent=0, total_gib=5), gpu(3, mig=True, parent=1, total_gib=5),
-       gpu(4, mig=True, parent=1, total_gib=5)]
-
-
-@pytest.mark.parametrize(
-    "need, gpus, held, prefer, expected",
-    [
-        # nothing needed -> nothing chosen, even with no GPU at all
-        (0, [], {}, (), []),
-        (0, TWO, {0: "a", 1: "b"}, (), []),
-        # ties on memory -> lowest index
-        (1, TWO, {}, (), [0]),
-        (1, TWO, {0: "a"}, (), [1]),
-        (2, TWO, {}, (), [0, 1]),
-        # never share: not enough free ones -> None
-        (1, TWO, {0: "a", 1: "b"}, (), None),
-        (2, TWO, {1: "b"}, (), None),
-        (3, TWO, {}, (), None),
-        (1, [], {}, (), None),
-        # most free memory first, then lowest index among equals
-        (1, UNEVEN, {}, (), [1]),
-        (2, UNEVEN, {}, (), [1, 3]),
-        (3, UNEVEN, {}, (), [1, 2, 3]),
-        (1, UNEVEN, {1: "a", 3: "b"}, (), [2]),
-        # a replacement keeps its GPU even when another has more free memory
-        (1, UNEVEN, {}, (0,), [0]),
-        # ... unless someone else holds it now
-        (1, UNEVEN, {0: "x"}, (0,), [1]),
-        # unknown preferences and stale holders are ignored
-        (1, TWO, {7: "gone"}, (9,), [0]),
-        # MIG: spread replicas over physical cards (fewest replicas per card)
-        (1, MIG, {}, (), [0]),
-        (1, MIG, {0: "a"}, (), [3]),
-        (2, MIG, {0: "a"}, (), [3, 4]),  # one replica: both on the emptier card
-        (1, MIG, {0: "a", 3: "b"}, (), [1]),
-        (1, MIG, {0: "a", 1: "b", 3: "c"}, (), [4]),
-    ],
-)
-def test_choose_gpus(need: int, gpus: list[GpuInfo], held: dict[int, str], prefer: tuple[int, ...],
-                     expected: list[int] | None) -> None:
-    assert choose_gpus(need, gpus, held, prefer) == expected
-
-
-def test_choose_gpus_never_returns_a_held_gpu() -> None:
-    gpus = [gpu(i, used_gib=i % 3) for i in range(6)]
-    held: dict[int, str] = {}
-    for replica in range(6):
-        chosen = choose_gpus(1, gpus, held)
-        assert chosen is not None and not set(chosen) & set(held)
-        held.update({i: f"r{replica}" for i in chosen})
-    assert choose_gpus(1, gpus, held) is None
-    assert sorted(held) == list(range(6))
-
-
-# ------------------------------------------------------------------ reasons / env
-
-
-@pytest.mark.parametrize(
-    "need, total, in_use, nvml_reason, expected",
-    [
-        (1, 2, 2, None, "needs 1 GPU per replica; 2 of 2 in use"),
-        (2, 4, 3, None, "needs 2 GPUs per replica; 3 of 4 in use"),
-        (4, 2, 0, None, "needs 4 GPUs per replica; the machine has 2"),
-        (1, 0, 0, "no NVIDIA driver: libnvidia-ml.so.1 not found",
-         "needs 1 GPU per replica; no NVIDIA GPU found (no NVIDIA driver: libnvidia-ml.so.1 not found)"),
-        (1, 0, 0, None, "needs 1 GPU per replica; no NVIDIA GPU found"),
-    ],
-)
-def test_placement_shortfall_reason(need: int, total: int, in_use: int, nvml_reason: str | None,
-                                    expected: str) -> None:
-    assert placement_shortfall_reason(need, total, in_use, nvml_reason) == expected
-
-
-def test_cuda_visible_devices() -> None:
-    gpus = [gpu(0), gpu(1), gpu(2)]
-    assert cuda_visible_devices(gpus, []) == ""
-    assert cuda_visible_devices(gpus, [1]) == "GPU-1"
-    assert cuda_visible_devices(gpus, [2, 0]) == "GPU-2,GPU-0"
-    with pytest.raises(ValueError, match="unknown GPU index 5"):
-        cuda_visible_devices(gpus, [5])
+# ------------------------------------------------------------------ open_nvml
 
 
 def test_open_nvml_picks_fake_from_env() -> None:
@@ -128,34 +31,6 @@ def test_open_nvml_picks_fake_from_env() -> None:
 def test_open_nvml_rejects_bad_fake_count(bad: str) -> None:
     with pytest.raises(ValueError, match="CORTEXD_FAKE_GPUS must be a whole number"):
         open_nvml({"CORTEXD_FAKE_GPUS": bad})
-
-
-# ------------------------------------------------------------------ FakeNvml
-
-
-def test_fake_nvml_inventory_and_knobs() -> None:
-    nvml = FakeNvml(3)
-    assert nvml.available() and nvml.unavailable_reason() is None
-    gpus = nvml.gpus()
-    assert [(g.index, g.uuid, g.name, g.memory_total, g.memory_used) for g in gpus] == [
-        (i, f"GPU-fake-{i}", "Fake GPU", 16 * GiB, 0) for i in range(3)
-    ]
-    nvml.set_memory_used(1, 10 * GiB)
-    nvml.set_utilization(1, 55)
-    assert gpus[1].memory_used == 0  # earlier readings are snapshots
-    now = nvml.gpus()[1]
-    assert (now.memory_used, now.memory_free, now.utilization) == (10 * GiB, 6 * GiB, 55)
-    nvml.set_memory_used(2, 99 * GiB)
-    assert nvml.gpus()[2].memory_used == FAKE_GPU_MEMORY  # clamped to the card
-    # placement sees the simulated memory
-    assert choose_gpus(1, nvml.gpus(), {}) == [0]
-    assert nvml.process_gpu_memory() == {}
-    nvml.set_process_gpu_memory(123, GiB)
-    assert nvml.process_gpu_memory() == {123: GiB}
-    nvml.set_process_gpu_memory(123, None)
-    assert nvml.process_gpu_memory() == {}
-    nvml.close()
-    assert not nvml.available() and nvml.gpus() == []
 
 
 # ------------------------------------------------------------------ RealNvml against a stand-in pynvml
@@ -177,6 +52,7 @@ class Card:
     migs: list[Card] = field(default_factory=list)
     mig_capable: bool = True
     procs: list[tuple[int, int | None]] = field(default_factory=list)
+    procs_error: int | None = None
 
 
 class StandInLib:
@@ -230,7 +106,21 @@ class StandInLib:
         return SimpleNamespace(gpu=h.util, memory=0)
 
     def nvmlDeviceGetComputeRunningProcesses(self, h: Card) -> list[Any]:
+        if h.procs_error is not None:
+            raise FakeNVMLError(h.procs_error)
         return [SimpleNamespace(pid=p, usedGpuMemory=m) for p, m in h.procs]
+
+
+class StandInLibV3(StandInLib):
+    """A binding with the _v3 call, which RealNvml must prefer."""
+
+    def __init__(self, cards: list[Card]) -> None:
+        super().__init__(cards)
+        self.v3_calls = 0
+
+    def nvmlDeviceGetComputeRunningProcesses_v3(self, h: Card) -> list[Any]:
+        self.v3_calls += 1
+        return self.nvmlDeviceGetComputeRunningProcesses(h)
 
 
 def test_real_nvml_lists_gpus_and_mig_devices() -> None:
@@ -253,12 +143,29 @@ def test_real_nvml_lists_gpus_and_mig_devices() -> None:
     cards[1].used = 3 * GiB
     cards[1].util = 90
     assert (nvml.gpus()[2].memory_used, nvml.gpus()[2].utilization) == (3 * GiB, 90)
-    # per-pid memory summed over devices; unknown amounts skipped
+    # per device (MIG instances through their own handles), per pid; unknown amounts skipped
+    assert nvml.process_gpu_memory_by_device() == {0: {11: GiB}, 1: {}, 2: {11: GiB}}
     assert nvml.process_gpu_memory() == {11: 2 * GiB}
     assert cuda_visible_devices(got, [1, 2]) == "MIG-a2,GPU-bbb"
     nvml.close()
     nvml.close()
     assert lib.shutdowns == 1 and not nvml.available()
+
+
+def test_real_nvml_prefers_v3_and_skips_what_it_cannot_read() -> None:
+    cards = [
+        Card("GPU-a", "H200", 140 * GiB, 9 * GiB, procs=[(7, 3 * GiB), (7, GiB), (8, NOT_AVAILABLE)]),
+        Card("GPU-b", "H200", 140 * GiB, 0, procs_error=3),  # NOT_SUPPORTED: reads as nothing
+    ]
+    lib = StandInLibV3(cards)
+    nvml = RealNvml(lib)
+    assert nvml.process_gpu_memory_by_device() == {0: {7: 4 * GiB}}
+    assert lib.v3_calls == 2
+
+
+def test_sum_over_devices() -> None:
+    assert sum_over_devices({0: {1: 5, 2: 1}, 1: {1: 7}, 2: {}}) == {1: 12, 2: 1}
+    assert sum_over_devices({}) == {}
 
 
 @pytest.mark.parametrize(
@@ -273,7 +180,7 @@ def test_real_nvml_init_failure_is_a_reason_not_an_exception(code: int, reason: 
     nvml = RealNvml(StandInLib([], init_error=code))
     assert not nvml.available()
     assert nvml.unavailable_reason() == reason
-    assert nvml.gpus() == [] and nvml.process_gpu_memory() == {}
+    assert nvml.gpus() == [] and nvml.process_gpu_memory() == {} and nvml.process_gpu_memory_by_device() == {}
     nvml.close()
 
 

@@ -5,7 +5,13 @@ import logging
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cortexd.daemon.observe.metrics import ApiMetricsState, GpuMetricsState, Metrics, MetricsState
+from cortexd.daemon.observe.metrics import (
+    ApiMetricsState,
+    GpuMetricsState,
+    Metrics,
+    MetricsState,
+    ReplicaGpuMetricsState,
+)
 
 
 def scrape(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -83,6 +89,10 @@ def test_gauges_come_from_the_provider_at_scrape_time() -> None:
             ],
             gpus=[GpuMetricsState(index=0, uuid="GPU-fake-0", memory_used=1024, memory_total=16 * 2**30,
                                   utilization=37.0, name="Fake GPU")],
+            replica_gpus=[
+                ReplicaGpuMetricsState("iris", "iris-1", 0, "GPU-fake-0", 0.5, 3 * 2**30, 6 * 2**30),
+                ReplicaGpuMetricsState("price", "price-2", 0, "GPU-fake-0", 0.25, 2**30),
+            ],
         )
 
     metrics.set_state_provider(provider)
@@ -106,6 +116,13 @@ def test_gauges_come_from_the_provider_at_scrape_time() -> None:
     assert s[("cortexd_gpu_memory_used_bytes", gpu)] == 1024
     assert s[("cortexd_gpu_memory_total_bytes", gpu)] == 16 * 2**30
     assert s[("cortexd_gpu_utilization", gpu)] == pytest.approx(0.37)
+    iris_1 = (("api", "iris"), ("gpu", "0"), ("gpu_uuid", "GPU-fake-0"), ("replica", "iris-1"))
+    price_2 = (("api", "price"), ("gpu", "0"), ("gpu_uuid", "GPU-fake-0"), ("replica", "price-2"))
+    assert s[("cortexd_replica_gpu_memory_used_bytes", iris_1)] == 3 * 2**30
+    assert s[("cortexd_replica_gpu_memory_limit_bytes", iris_1)] == 6 * 2**30
+    assert s[("cortexd_replica_gpu_share", iris_1)] == 0.5
+    assert s[("cortexd_replica_gpu_share", price_2)] == 0.25
+    assert ("cortexd_replica_gpu_memory_limit_bytes", price_2) not in s  # no gpu_mem, no limit series
 
     readings["in_flight"] = 5      # read again at the next scrape, not cached
     assert scrape(metrics)[("cortexd_inference_in_flight_requests", iris)] == 5

@@ -72,6 +72,15 @@ def test_session_plan(gpus: list[int], cpu: float, providers: list[Any], threads
     assert session_plan(gpus, cpu) == (providers, threads)
 
 
+def test_session_plan_caps_the_cuda_arena_at_gpu_mem() -> None:
+    providers, _ = session_plan([0], 1, 6 * 2**30)
+    assert providers == [
+        ("CUDAExecutionProvider", {"device_id": 0, "gpu_mem_limit": 6 * 2**30, "arena_extend_strategy": "kSameAsRequested"}),
+        "CPUExecutionProvider",
+    ]
+    assert session_plan([], 1, 6 * 2**30) == (["CPUExecutionProvider"], 1)  # no GPU, no limit
+
+
 def test_session_threads_follow_the_cpu_request(models: dict[str, str]) -> None:
     client = ONNXClient(models["linear"], [], 2.5)
     options = client.session.get_session_options()

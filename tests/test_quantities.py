@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from cortexd.config.quantities import parse_cpu, parse_mem
+from cortexd.config.quantities import parse_cpu, parse_gpu, parse_mem
 
 
 @pytest.mark.parametrize(
@@ -127,3 +127,29 @@ def test_parse_mem_rejects_with_what_is_accepted(value: object, fragment: str) -
     assert fragment in message
     if "must be" not in message:
         assert "Ki Mi Gi Ti Pi Ei (powers of 1024)" in message   # says what is accepted
+
+
+@pytest.mark.parametrize("value, gpus", [(0, 0.0), (1, 1.0), (2, 2.0), (1.0, 1.0), (4.0, 4.0), (0.5, 0.5), (0.25, 0.25),
+                                         (0.1, 0.1), (0.999, 0.999)])
+def test_parse_gpu_accepts_whole_gpus_and_shares_of_one(value: object, gpus: float) -> None:
+    assert parse_gpu(value) == gpus
+    assert isinstance(parse_gpu(value), float)
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        (1.5, "1.5 is neither a whole number of GPUs nor a share of one; use 1 or 2 GPUs, or a share below 1"),
+        (2.25, "use 2 or 3 GPUs"),
+        (-1, "must be >= 0 GPUs, got -1"),
+        (float("inf"), "must be >= 0 GPUs"),
+        ("1", 'got "1"'),
+        ("0.5", "a share of one GPU as a number below 1 (0.25, 0.5)"),
+        (True, "got a boolean (true)"),
+        (None, "got null"),
+    ],
+)
+def test_parse_gpu_rejects_with_what_is_accepted(value: object, fragment: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_gpu(value)
+    assert fragment in str(info.value)

@@ -125,11 +125,51 @@ def test_format_gpus() -> None:
          "memory_total": 85899345920, "utilization": 0, "replica": None},
     ]
     assert format_gpus(gpus) == golden("""
-        gpu   name                    memory               util   replica
-        0     NVIDIA H100 80GB HBM3   1.2 GiB / 80.0 GiB   37 %   iris-0
-        1     NVIDIA H100 80GB HBM3   0 B / 80.0 GiB       0 %    -
+        gpu   name                    memory               util   replica   api   share   gpu memory
+        0     NVIDIA H100 80GB HBM3   1.2 GiB / 80.0 GiB   37 %   iris-0    -     -       -
+        1     NVIDIA H100 80GB HBM3   0 B / 80.0 GiB       0 %    -         -     -       -
     """)
     assert format_gpus([]) == "no GPUs found"
+
+
+def test_format_gpus_with_shared_cards_and_frameworks() -> None:
+    gpus = [
+        {"index": 0, "name": "Fake GPU", "memory_used": 3 * 2**30, "memory_total": 16 * 2**30, "utilization": 0,
+         "replicas": [{"id": "a-1", "api": "a", "share": 0.5, "gpu_mem_bytes": 2 * 2**30, "gpu_mem_limit": 6 * 2**30},
+                      {"id": "b-2", "api": "b", "share": 0.25, "gpu_mem_bytes": 2**30, "gpu_mem_limit": None}]},
+        {"index": 1, "name": "Fake GPU MIG 0", "memory_used": 0, "memory_total": 8 * 2**30, "utilization": None,
+         "replicas": [{"id": "c-3", "api": "c", "share": 1.0, "gpu_mem_bytes": 0, "gpu_mem_limit": None}]},
+        {"index": 2, "name": "Fake GPU", "memory_used": 0, "memory_total": 16 * 2**30, "utilization": 0,
+         "replicas": []},
+    ]
+    frameworks = ["onnxruntime-gpu 1.26.0: CUDA 12.8, sees 2 GPUs", "torch 2.13.0+cpu: CPU only (built without CUDA)"]
+    assert format_gpus(gpus, frameworks) == golden("""
+        gpu   name             memory               util   replica   api   share   gpu memory
+        0     Fake GPU         3.0 GiB / 16.0 GiB   0 %    a-1       a     0.5     2.0 GiB / 6.0 GiB
+                                                           b-2       b     0.25    1.0 GiB
+        1     Fake GPU MIG 0   0 B / 8.0 GiB        -      c-3       c     1       0 B
+        2     Fake GPU         0 B / 16.0 GiB       0 %    -         -     -       -
+
+        frameworks:
+          onnxruntime-gpu 1.26.0: CUDA 12.8, sees 2 GPUs
+          torch 2.13.0+cpu: CPU only (built without CUDA)
+    """)
+    assert format_gpus([], frameworks[:1]) == "no GPUs found\n\nframeworks:\n  onnxruntime-gpu 1.26.0: CUDA 12.8, sees 2 GPUs"
+
+
+def test_format_api_with_gpu_shares_and_memory() -> None:
+    api = {**PRICE, "status": "error (out of GPU memory)", "last_error": "replica price-3 was stopped for using 7Gi",
+           "replicas": [
+               {"id": "price-4", "pid": 7, "state": "ready", "gpus": [0], "gpu_share": 0.5, "cpu_percent": 1.0,
+                "rss_bytes": 2**20, "restarts": 1, "gpu_mem_bytes": 2**30, "gpu_mem_limit": 6 * 2**30},
+               {"id": "price-5", "pid": 8, "state": "starting", "gpus": [1], "gpu_share": 1.0, "cpu_percent": None,
+                "rss_bytes": 2**20, "restarts": 0, "gpu_mem_bytes": None, "gpu_mem_limit": None},
+           ]}
+    assert format_api(api).split("\n\n")[1:3] == [golden("""
+        replica   pid   state      gpus      cpu %   memory    restarts   gpu memory
+        price-4   7     ready      0 (0.5)   1.0     1.0 MiB   1          1.0 GiB / 6.0 GiB
+        price-5   8     starting   1         -       1.0 MiB   0          -
+    """), "last error: replica price-3 was stopped for using 7Gi"]
 
 
 @pytest.mark.parametrize("n, text", [

@@ -1,4 +1,4 @@
-"""Resource quantities of cortex.yaml's `compute` section: cpu in cores, mem in bytes.
+"""Resource quantities of cortex.yaml's `compute` section: cpu in cores, mem in bytes, gpu in GPUs.
 
 Cortex took its syntax from Kubernetes resource quantities, so we follow those rules
 (suffixes are case-sensitive; `k` is kilo; `Ki` is 1024), with two kindnesses for users:
@@ -14,6 +14,7 @@ import re
 from decimal import Decimal, DecimalException
 
 CPU_ACCEPTED = 'cores as a number (2, 0.5) or a string ("1", "0.5", "200m" = 0.2 cores)'
+GPU_ACCEPTED = "whole GPUs as an integer (1, 2) or a share of one GPU as a number below 1 (0.25, 0.5)"
 MEM_ACCEPTED = (
     'bytes as an integer (134217728), a number with an exponent ("129e6"), or a number with a '
     'suffix: K M G T P E (powers of 1000) or Ki Mi Gi Ti Pi Ei (powers of 1024), e.g. "512Mi", "1G"'
@@ -83,6 +84,23 @@ def parse_cpu(value: object) -> float:
     if cores <= 0:
         raise ValueError(f"must be > 0 cores, got {_describe(value)}")
     return float(cores)
+
+
+def parse_gpu(value: object) -> float:
+    """GPUs requested: 0, 1, 2 (whole GPUs) or a share of one card, 0 < x < 1. Raises ValueError.
+
+    A share above 1 (1.5) is refused: a replica either shares one card or owns whole ones.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected {GPU_ACCEPTED}, got {_describe(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be >= 0 GPUs, got {value}")
+    if value > 1 and value != int(value):
+        raise ValueError(
+            f"{value} is neither a whole number of GPUs nor a share of one; "
+            f"use {math.floor(value)} or {math.ceil(value)} GPUs, or a share below 1"
+        )
+    return float(value)
 
 
 def _mem_suffix_hint(number: str, suffix: str) -> str:

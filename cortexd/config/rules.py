@@ -131,7 +131,13 @@ def compute_of(section: Section, scope: Scope) -> Compute | None:
             f"must be within [min_replicas, max_replicas] = [{low}, {high}] (got {init})",
         )
         return None
-    if invalid or not bounds_ok:
+    gpu_mem_ok = True
+    if compute is not None and "gpu_mem" in compute.entries and not _compute_value(compute, "gpu") \
+            and "gpu" not in invalid:
+        scope.add(compute.key_mark("gpu_mem"), "compute.gpu_mem",
+                  "needs gpu (whole GPUs or a share of one, e.g. gpu: 0.5); without a GPU there is no GPU memory")
+        gpu_mem_ok = False
+    if invalid or not bounds_ok or not gpu_mem_ok:
         return None
     return Compute(
         min_replicas=low,
@@ -142,6 +148,7 @@ def compute_of(section: Section, scope: Scope) -> Compute | None:
         gpu=_compute_value(compute, "gpu"),
         mem=_compute_value(compute, "mem"),
         mem_limit=_compute_value(compute, "mem_limit"),
+        gpu_mem=_compute_value(compute, "gpu_mem"),
     )
 
 

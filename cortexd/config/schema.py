@@ -35,6 +35,7 @@ TYPE_DOCS: dict[str, str] = {
     "str": "<string>",
     "int": "<int>",
     "cpu": "<string | int | float>",
+    "gpu": "<int | float>",
     "mem": "<string | int>",
     "map": "<string: value>",
     "section": "",
@@ -99,11 +100,13 @@ COMPUTE_KEYS: tuple[Key, ...] = (
     Key("target_cpu_utilization", "int", "CPU use, in percent of the cpu request, that autoscaling aims at",
         default=80, minimum=1, maximum=100),
     Key("cpu", "cpu", "CPU request per replica in cores (\"1\", 0.5, \"500m\")", default=0.2, default_doc="200m"),
-    Key("gpu", "int", "whole GPUs per replica", default=0, minimum=0),
+    Key("gpu", "gpu", "GPUs per replica: whole GPUs (1, 2) or a share of one GPU (0.25, 0.5)", default=0),
     Key("mem", "mem", "memory request per replica, for admission (\"1G\", \"512Mi\", \"129e6\"); "
         "a replica may use more", default=None, default_doc="none"),
     Key("mem_limit", "mem", "memory limit per replica: above it the replica is stopped, "
         "`error (out of memory)`", default=None, default_doc="none", new=True),
+    Key("gpu_mem", "mem", "GPU memory per replica on each of its GPUs: placement only where it is free, "
+        "and its limit (\"6Gi\"; needs gpu)", default=None, default_doc="none", new=True),
 )
 
 API_KEYS: tuple[Key, ...] = (
@@ -134,6 +137,7 @@ ALIASES: dict[str, str] = {
     "type": "model_type",
     "memory": "mem",
     "gpus": "gpu",
+    "gpu_memory": "gpu_mem",
     "cpus": "cpu",
 }
 

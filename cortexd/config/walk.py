@@ -97,6 +97,8 @@ def expected(key: Key) -> str:
         return "an integer"
     if key.type == "cpu":
         return quantities.CPU_ACCEPTED
+    if key.type == "gpu":
+        return quantities.GPU_ACCEPTED
     if key.type == "mem":
         return quantities.MEM_ACCEPTED
     if key.type == "map":
@@ -161,7 +163,7 @@ def _scalar(key: Key, node: yaml.Node, src: YamlSource) -> tuple[Any, str | None
         if isinstance(value, bool) or not isinstance(value, int):
             return None, f"expected an integer, got {describe(value)}"
         return value, _range_problem(key, value)
-    parse = quantities.parse_cpu if key.type == "cpu" else quantities.parse_mem
+    parse = {"cpu": quantities.parse_cpu, "gpu": quantities.parse_gpu}.get(key.type, quantities.parse_mem)
     try:
         return parse(value), None
     except ValueError as exc:

@@ -16,7 +16,7 @@ from cortexd.daemon.fleet.supervisor import Supervisor
 from cortexd.daemon.observe import views
 from cortexd.daemon.observe.api_logs import log_path, read_tail
 from cortexd.daemon.observe.latency import LatencyStats
-from cortexd.daemon.observe.metrics import GpuMetricsState, Metrics, MetricsState
+from cortexd.daemon.observe.metrics import GpuMetricsState, Metrics, MetricsState, ReplicaGpuMetricsState
 from cortexd.daemon.observe.tracker import PredictionTracker
 from cortexd.daemon.serving.proxy import Proxy
 
@@ -38,6 +38,7 @@ class Sources:
     reload: Callable[[list[str]], Awaitable[ReloadReport]]
     log_dir: str
     stopping: asyncio.Event
+    frameworks: Callable[[], Awaitable[list[str]]]  # which ML frameworks can use the GPU (probed once)
 
 
 class Handlers:
@@ -71,7 +72,7 @@ class Handlers:
 
     async def gpus(self, request: dict[str, Any]) -> dict[str, Any]:
         owners = {rep.id: snap.name for snap in self.s.supervisor.snapshot().values() for rep in snap.replicas}
-        return self.s.compute.gpu_table(owners.get)
+        return {**self.s.compute.gpu_table(owners.get), "frameworks": await self.s.frameworks()}
 
     # -- the app's views (serving/app.py Views) ------------------------------------------------
 
@@ -92,7 +93,7 @@ class Handlers:
 
     def _view(self, snap: views.ApiSnapshot, usage: dict[str, views.Usage]) -> dict[str, Any]:
         return views.api_view(snap, usage, self.s.proxy.queue_counts(snap.name), self.s.stats.get(snap.name),
-                              self.s.tracker.summary(snap.name))
+                              self.s.tracker.summary(snap.name), self.s.compute.replica_gpu)
 
     @staticmethod
     def _known(name: str, fleet: views.Fleet) -> str:
@@ -106,8 +107,17 @@ class Handlers:
                             utilization=float(g.utilization or 0), name=g.name)
             for g in self.s.compute.gpus
         ]
-        return views.metrics_state(self.s.supervisor.snapshot(), self.s.proxy.queue_counts, self.s.tracker.summary,
-                                   gpus, len(self.s.warnings()), self.s.loop_errors())
+        fleet = self.s.supervisor.snapshot()
+        owners = {rep.id: snap.name for snap in fleet.values() for rep in snap.replicas}
+        uuids = {g.index: g.uuid for g in self.s.compute.gpus}
+        replica_gpus = [
+            ReplicaGpuMetricsState(owners.get(rid, ""), rid, index, uuids.get(index, ""), held.share,
+                                   self.s.compute.gpu_usage.get(rid, {}).get(index, 0), held.gpu_mem)
+            for rid, held in list(self.s.compute.holdings.items())
+            for index in held.indices
+        ]
+        return views.metrics_state(fleet, self.s.proxy.queue_counts, self.s.tracker.summary, gpus,
+                                   len(self.s.warnings()), self.s.loop_errors(), replica_gpus)
 
     async def _follow(self, path: str, lines: int, follow: bool) -> AsyncIterator[str]:
         for line in read_tail(path, lines):

@@ -28,9 +28,9 @@ from cortexd.daemon.deploy.reloader import Hooks, Reloader, ReloaderSettings, Re
 from cortexd.daemon.deploy.versions import VersionFactory
 from cortexd.daemon.fleet.autoscale import AutoscaleSettings
 from cortexd.daemon.fleet.cgroups import open_replica_cgroups
-from cortexd.daemon.fleet.compute import ComputeManager
-from cortexd.daemon.fleet.events import Event, ReplicaExited
-from cortexd.daemon.fleet.gpus import GpuInfo, Nvml
+from cortexd.daemon.fleet.compute import ComputeManager, GpuReadings
+from cortexd.daemon.fleet.events import Event, ReplicaExited, ReplicaOverGpuMemory
+from cortexd.daemon.fleet.gpus import Nvml
 from cortexd.daemon.fleet.procstats import ProcessSampler
 from cortexd.daemon.fleet.spawner import ProcessSpawner
 from cortexd.daemon.fleet.supervisor import Supervisor, SupervisorSettings
@@ -55,7 +55,7 @@ ENV_EXTEND_S = 90.0  # each EXTEND_TIMEOUT_USEC while a requirements environment
 @dataclass(frozen=True)
 class Readings:
     usage: dict[str, views.Usage]
-    gpus: list[GpuInfo] | None  # None: no NVML
+    gpus: GpuReadings | None  # None: no NVML
 
 
 class Daemon:
@@ -102,7 +102,9 @@ class Daemon:
             metrics=self.metrics, stats=self.stats, usage=lambda: self.usage, loop_age=self.pump.loop_age,
             loop_errors=lambda: self.pump.errors, warnings=lambda: list(self.tracker.warnings),
             reload=self.reload, log_dir=settings.log_dir, stopping=self.stop_requested,
+            frameworks=self._frameworks,
         ), stall_s=STALL_S)
+        self._framework_probe: asyncio.Future[list[str]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -122,6 +124,18 @@ class Daemon:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    async def _frameworks(self) -> list[str]:
+        """What each installed ML framework says of the GPU: probed once, in child processes
+        (importing TensorFlow takes seconds and must never happen in the daemon)."""
+        if self._framework_probe is None:
+            from cortexd import gpu_probe
+
+            async def probe() -> list[str]:
+                return [gpu_probe.describe(r) for r in await run_blocking(gpu_probe.probe_frameworks)]
+
+            self._framework_probe = asyncio.ensure_future(probe())
+        return await asyncio.shield(self._framework_probe)
 
     def status_line(self) -> str:
         return views.status_line(self.supervisor.snapshot())
@@ -233,12 +247,15 @@ class Daemon:
     def _read(self, pids: dict[str, int]) -> Readings:
         """On a worker thread: CPU and memory of every replica's tree, and the GPUs."""
         usage = {rid: views.Usage(*self.sampler.sample(pid)) for rid, pid in pids.items()}
-        return Readings(usage, self.compute.read_gpus())
+        trees = {rid: self.sampler.pids(pid) for rid, pid in pids.items()}
+        return Readings(usage, self.compute.read_gpus(trees))
 
     def _readings_taken(self, readings: Readings) -> None:
         self.usage = readings.usage
         if readings.gpus is not None:
-            self.compute.gpus = readings.gpus
+            self.compute.apply_gpu_readings(readings.gpus)
+            for over in self.compute.gpu_memory_over():
+                self.supervisor.handle(ReplicaOverGpuMemory(over.replica_id, over.reason()))
         fleet = self.supervisor.snapshot()
         for event in self.compute.memory_events(fleet, readings.usage):
             self.supervisor.handle(event)

@@ -56,16 +56,21 @@ def _log(message: str) -> None:
     sys.stderr.flush()
 
 
-def session_plan(gpus: list[int], cpu: float) -> tuple[list[Any], int]:
+def session_plan(gpus: list[int], cpu: float, gpu_mem: int | None = None) -> tuple[list[Any], int]:
     """Providers and intra-op thread count for a replica: (providers, intra_op_threads).
 
     Threads follow the replica's cpu request, not the machine: several replicas share the
     cores, and a pool sized to the whole machine would fight the others (and inflate the CPU
-    readings the autoscaler works from).
+    readings the autoscaler works from). With gpu_mem, the CUDA provider's arena is capped at
+    it (`gpu_mem_limit`), grown by what is asked rather than by powers of two, so that a
+    replica sharing a card stays inside its share.
     """
     threads = max(1, math.ceil(cpu - 1e-9))
     if gpus:
-        return [("CUDAExecutionProvider", {"device_id": gpus[0]}), "CPUExecutionProvider"], threads
+        options: dict[str, Any] = {"device_id": gpus[0]}
+        if gpu_mem:
+            options.update(gpu_mem_limit=gpu_mem, arena_extend_strategy="kSameAsRequested")
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"], threads
     return ["CPUExecutionProvider"], threads
 
 
@@ -77,11 +82,11 @@ def _shape(dims: list[Any]) -> tuple[int | None, ...]:
 class ONNXClient:
     """Runs one ONNX model; `predict(payload)` returns the outputs as session.run does."""
 
-    def __init__(self, model_path: str, gpus: list[int], cpu: float) -> None:
+    def __init__(self, model_path: str, gpus: list[int], cpu: float, gpu_mem: int | None = None) -> None:
         import onnxruntime as ort
 
         self.model_path = _model_file(model_path)
-        providers, threads = session_plan(gpus, cpu)
+        providers, threads = session_plan(gpus, cpu, gpu_mem)
         if gpus and hasattr(ort, "preload_dlls"):
             # loads CUDA/cuDNN from the nvidia-* pip wheels when they are installed (onnxruntime-gpu[cuda,cudnn]);
             # without them the system's libraries are used as before
@@ -238,7 +243,7 @@ class _OutputsByName:
 def load(ctx: ReplicaSpec) -> Predictor:
     if not ctx.model_path:
         raise PredictorLoadError(f"api {ctx.api_name}: onnx.model is required")
-    client = ONNXClient(ctx.model_path, ctx.gpus, ctx.cpu)
+    client = ONNXClient(ctx.model_path, ctx.gpus, ctx.cpu, ctx.gpu_mem)
     if not ctx.predictor_path:
         return _OutputsByName(client)
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)

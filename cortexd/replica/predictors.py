@@ -166,6 +166,11 @@ def load_python_predictor(ctx: ReplicaSpec) -> Predictor:
 
 
 def load_predictor(ctx: ReplicaSpec) -> Predictor:
+    if ctx.gpus and ctx.gpu_mem:
+        # Before the predictor's own imports: torch or TensorFlow get the limit as they load.
+        from cortexd.replica.gpu_limits import limit_frameworks
+
+        limit_frameworks(ctx.gpu_mem)
     if ctx.kind == "python":
         return load_python_predictor(ctx)
     if ctx.kind == "onnx":

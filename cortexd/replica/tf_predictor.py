@@ -18,6 +18,7 @@ import zipfile
 from typing import Any
 
 from cortexd.models import ModelFetchError, unpack_local_zip
+from cortexd.replica.gpu_limits import tensorflow_limit
 from cortexd.replica.jsonable import InputMismatch, name_mismatch, to_array, to_jsonable
 from cortexd.protocol import ReplicaSpec
 from cortexd.replica.predictors import (
@@ -122,8 +123,9 @@ def _saved_model_dir(path: str, depth: int) -> str:
 # ---------------------------------------------------------------- the client
 
 
-def configure_runtime(tf: Any, cpu: float) -> None:
-    """Thread pools from the replica's cpu request; GPU memory grown on demand.
+def configure_runtime(tf: Any, cpu: float, gpu_mem: int | None = None) -> None:
+    """Thread pools from the replica's cpu request; GPU memory grown on demand, or with gpu_mem
+    one logical device of that size per GPU (TensorFlow cannot have both on one device).
 
     Must run before TensorFlow executes anything; CUDA_VISIBLE_DEVICES (set by the daemon)
     already limits which GPUs TensorFlow sees.
@@ -137,24 +139,28 @@ def configure_runtime(tf: Any, cpu: float) -> None:
         except RuntimeError:  # the runtime started already (a second model in one process)
             _log("runtime already initialised: thread settings left as they are")
     gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        try:
-            # without it TensorFlow takes nearly all of the GPU's memory at the first op
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except (RuntimeError, ValueError):
-            pass
+    if gpu_mem and gpus:
+        _log(tensorflow_limit(tf, gpu_mem))
+    else:
+        for gpu in gpus:
+            try:
+                # without it TensorFlow takes nearly all of the GPU's memory at the first op
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except (RuntimeError, ValueError):
+                pass
     _log(f"{threads} intra-op thread(s); GPUs: {', '.join(g.name for g in gpus) or 'none'}")
 
 
 class TensorFlowClient:
     """Runs one signature of a SavedModel; `predict(dict)` returns {output: nested lists}."""
 
-    def __init__(self, model_path: str, signature_key: str | None = None, cpu: float = 1.0) -> None:
+    def __init__(self, model_path: str, signature_key: str | None = None, cpu: float = 1.0,
+                 gpu_mem: int | None = None) -> None:
         import numpy as np
 
         tf = _import_tf()
         self._tf = tf
-        configure_runtime(tf, cpu)
+        configure_runtime(tf, cpu, gpu_mem)
         self.model_dir = find_saved_model(model_path)
         try:
             self.model = tf.saved_model.load(self.model_dir)
@@ -232,7 +238,7 @@ def _first_line(exc: BaseException) -> str:
 def load(ctx: ReplicaSpec) -> Predictor:
     if not ctx.model_path:
         raise PredictorLoadError(f"api {ctx.api_name}: tensorflow.model is required")
-    client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu)
+    client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu, ctx.gpu_mem if ctx.gpus else None)
     if not ctx.predictor_path:  # the API answers the signature's outputs by name
         return UserPredictor(client, client.describe)
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cortexd.daemon.fleet.gpus import RealNvml, choose_gpus, cuda_visible_devices
+from cortexd.daemon.fleet.gpus import RealNvml
+from cortexd.daemon.fleet.placement import GpuRequest, cuda_visible_devices, place_gpus
 
 pytestmark = pytest.mark.gpu
 
@@ -37,8 +38,12 @@ def test_inventory_has_gpus_with_uuid_and_memory(nvml: RealNvml) -> None:
 def test_readings_refresh_and_placement_works_on_real_inventory(nvml: RealNvml) -> None:
     first, second = nvml.gpus(), nvml.gpus()
     assert [g.uuid for g in first] == [g.uuid for g in second]  # stable inventory
-    chosen = choose_gpus(1, second, {})
-    assert chosen is not None and len(chosen) == 1
-    assert cuda_visible_devices(second, chosen) == second[chosen[0]].uuid
-    assert choose_gpus(len(second) + 1, second, {}) is None
+    placement, _ = place_gpus(GpuRequest(1), second, {})
+    assert placement is not None and len(placement.indices) == 1
+    assert cuda_visible_devices(second, placement.indices) == second[placement.indices[0]].uuid
+    assert place_gpus(GpuRequest(len(second) + 1), second, {})[0] is None
+    shared, _ = place_gpus(GpuRequest(0.5, 1024**3), second, {})
+    assert shared is not None and shared.share == 0.5
+    by_device = nvml.process_gpu_memory_by_device()
+    assert isinstance(by_device, dict) and set(by_device) <= {g.index for g in second}
     assert isinstance(nvml.process_gpu_memory(), dict)

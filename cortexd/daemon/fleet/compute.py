@@ -1,21 +1,31 @@
 """Compute for replicas: GPU placement, cpu/mem admission, memory limits and autoscaling.
 
-The decisions are the pure functions of gpus.py, admission.py and autoscale.py; this module
-keeps the little state they need (who holds which GPU and request, each API's autoscaling
-memory) and turns readings into supervisor events and desired counts.
+The decisions are the pure functions of placement.py, gpu_memory.py, admission.py and
+autoscale.py; this module keeps the little state they need (who holds which GPU, share and
+request, what each replica uses of its GPUs, each API's autoscaling memory) and turns
+readings into supervisor events and desired counts.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from cortexd.config import Api
 from cortexd.daemon.fleet import autoscale
 from cortexd.daemon.fleet.admission import Capacity, Request, admit, machine_capacity
-from cortexd.daemon.fleet.gpus import GpuInfo, Nvml, choose_gpus, cuda_visible_devices, placement_shortfall_reason
 from cortexd.daemon.fleet.events import ReplicaOverMemory
+from cortexd.daemon.fleet.gpu_memory import (
+    OverGpuMemory,
+    gpu_rows,
+    over_gpu_memory,
+    replica_gpu_memory,
+    replica_gpu_view,
+)
+from cortexd.daemon.fleet.gpus import GpuInfo, Nvml
+from cortexd.daemon.fleet.placement import GpuRequest, Holding, cuda_visible_devices, place_gpus
 from cortexd.daemon.fleet.snapshot import Fleet
 from cortexd.daemon.observe.status import UPDATING
 from cortexd.daemon.observe.views import Usage
@@ -25,6 +35,12 @@ _LIVE_STATES = ("starting", "ready", "draining")
 READY = "ready"
 
 log = logging.getLogger("cortexd.compute")
+
+
+@dataclass(frozen=True)
+class GpuReadings:
+    gpus: list[GpuInfo]
+    replicas: dict[str, dict[int, int]]  # replica id -> GPU index -> bytes in use
 
 
 class ComputeManager:
@@ -44,9 +60,15 @@ class ComputeManager:
         self.settings = settings or autoscale.AutoscaleSettings()
         self.gpus: list[GpuInfo] = nvml.gpus() if nvml.available() else []
         self.requests: dict[str, Request] = {}  # replica id -> admitted request
-        self.holders: dict[str, list[int]] = {}  # replica id -> GPU indices
+        self.holdings: dict[str, Holding] = {}  # replica id -> its GPUs, share and reserved memory
+        self.gpu_usage: dict[str, dict[int, int]] = {}  # replica id -> GPU index -> bytes (NVML)
         self.autoscale_state: dict[str, autoscale.AutoscaleState] = {}
         self._last_autoscale = float("-inf")
+
+    @property
+    def holders(self) -> dict[str, list[int]]:
+        """replica id -> GPU indices (what it was before GPUs could be shared)."""
+        return {rid: list(h.indices) for rid, h in self.holdings.items() if h.indices}
 
     # -- Placer --------------------------------------------------------------------------
 
@@ -58,30 +80,47 @@ class ComputeManager:
             return None, reason
         chosen: list[int] = []
         if c.gpu > 0:
-            if not self.gpus:
-                return None, placement_shortfall_reason(c.gpu, 0, 0, self.nvml.unavailable_reason() or "NVML lists no GPU")
-            held = {index: rid for rid, indices in self.holders.items() for index in indices}
-            picked = choose_gpus(c.gpu, self.gpus, held, prefer=preferred_gpus or ())
-            if picked is None:
-                return None, placement_shortfall_reason(c.gpu, len(self.gpus), len(held), None)
-            chosen = picked
-            self.holders[replica_id] = chosen
+            placement, why = place_gpus(
+                GpuRequest(c.gpu, c.gpu_mem), self.gpus, self.holdings, self.gpu_usage,
+                prefer=preferred_gpus or (), no_gpu_reason=self.nvml.unavailable_reason() or "NVML lists no GPU",
+            )
+            if placement is None:
+                return None, why
+            chosen = placement.indices
+            self.holdings[replica_id] = placement.holding()
         self.requests[replica_id] = request
         return chosen, None
 
     def release(self, replica_id: str) -> None:
         self.requests.pop(replica_id, None)
-        self.holders.pop(replica_id, None)
+        self.holdings.pop(replica_id, None)
+        self.gpu_usage.pop(replica_id, None)
 
     def cuda_visible_devices(self, indices: list[int]) -> str:
         return cuda_visible_devices(self.gpus, indices)
 
     # -- readings ------------------------------------------------------------------------
 
-    def read_gpus(self) -> list[GpuInfo] | None:
-        """Fresh memory/utilisation readings (blocking: called on the readings thread); None
-        without NVML. The set of devices does not change."""
-        return self.nvml.gpus() if self.nvml.available() else None
+    def read_gpus(self, trees: Mapping[str, Collection[int]]) -> GpuReadings | None:
+        """Fresh memory/utilisation readings of the cards and each replica's GPU memory (from
+        `trees`: replica id -> the pids of its process tree). Blocking: called on the readings
+        thread; `apply_gpu_readings` takes the result on the loop. None without NVML."""
+        if not self.nvml.available():
+            return None
+        placed = {rid: pids for rid, pids in trees.items() if rid in self.holdings}
+        return GpuReadings(self.nvml.gpus(), replica_gpu_memory(placed, self.nvml.process_gpu_memory_by_device()))
+
+    def apply_gpu_readings(self, readings: GpuReadings) -> None:
+        self.gpus = readings.gpus
+        self.gpu_usage = readings.replicas
+
+    def gpu_memory_over(self) -> list[OverGpuMemory]:
+        """Replicas above their gpu_mem by more than the margin, from the last readings."""
+        return over_gpu_memory(self.holdings, self.gpu_usage)
+
+    def replica_gpu(self, replica_id: str) -> dict[str, Any]:
+        """gpu_share, gpu_mem_bytes and gpu_mem_limit for a replica's row in `get`."""
+        return replica_gpu_view(self.holdings.get(replica_id), self.gpu_usage.get(replica_id))
 
     def memory_events(self, fleet: Fleet, usage: Mapping[str, Usage]) -> list[ReplicaOverMemory]:
         """Replicas above their API's mem_limit (whole process tree), to be stopped."""
@@ -127,14 +166,7 @@ class ComputeManager:
     # -- views ---------------------------------------------------------------------------
 
     def gpu_table(self, replica_api: Callable[[str], str | None]) -> dict[str, Any]:
-        held = {index: rid for rid, indices in self.holders.items() for index in indices}
-        rows = []
-        for g in self.gpus:
-            rid = held.get(g.index)
-            rows.append({
-                "index": g.index, "uuid": g.uuid, "name": g.name,
-                "memory_used": g.memory_used, "memory_total": g.memory_total,
-                "utilization": g.utilization, "replica": rid, "api": replica_api(rid) if rid else None,
-            })
+        """`cortexd gpus`: each device, its readings, and each replica on it (share, memory)."""
+        rows = gpu_rows(self.gpus, self.holdings, self.gpu_usage, replica_api)
         reason = None if self.gpus else (self.nvml.unavailable_reason() or "no GPU found")
         return {"gpus": rows, "reason": reason}

@@ -59,6 +59,15 @@ class ReplicaOverdue:
     timeout_s: float
 
 
+@dataclass(frozen=True)
+class ReplicaOverGpuMemory:
+    """NVML reads the replica's processes above its gpu_mem by more than the margin."""
+
+    replica_id: str
+    reason: str  # fleet/gpu_memory.OverGpuMemory.reason(): how much, on which GPU, the limit
+
+
 Event = Union[
-    ReplicaReady, ReplicaLoadFailed, ReplicaExited, ReplicaDrained, ReplicaOverMemory, ReplicaLost, ReplicaOverdue,
+    ReplicaReady, ReplicaLoadFailed, ReplicaExited, ReplicaDrained, ReplicaOverMemory, ReplicaOverGpuMemory,
+    ReplicaLost, ReplicaOverdue,
 ]

@@ -1,20 +1,23 @@
-"""GPU inventory through NVML, a fake NVML for tests, and pure GPU placement.
+"""GPU inventory and per-process GPU memory through NVML.
 
-The daemon asks an `Nvml` for the GPUs once at start and then for fresh readings;
-which GPU a replica gets is decided by `choose_gpus`, a pure function, and handed
-to the replica as `CUDA_VISIBLE_DEVICES` (UUIDs, so the choice survives any
-renumbering CUDA does with CUDA_DEVICE_ORDER).
+The daemon asks an `Nvml` for the GPUs once at start and then for fresh readings; which
+GPU a replica gets is decided in placement.py (pure) and handed to the replica as
+`CUDA_VISIBLE_DEVICES`. Where there is no GPU, `open_nvml` gives the fake of fake_nvml.py
+(CORTEXD_FAKE_GPUS=N), behind the same `Nvml` interface.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 FAKE_GPUS_ENV = "CORTEXD_FAKE_GPUS"
-FAKE_GPU_MEMORY = 16 * 1024**3
+
+# NVML's "not available" for a process's memory (NVML_VALUE_NOT_AVAILABLE, an unsigned -1),
+# seen under WDDM and for MIG processes without the rights to see them.
+_NOT_AVAILABLE = 1 << 63
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class Nvml(Protocol):
     def gpus(self) -> list[GpuInfo]: ...
 
     def process_gpu_memory(self) -> dict[int, int]: ...
+
+    def process_gpu_memory_by_device(self) -> dict[int, dict[int, int]]: ...
 
     def close(self) -> None: ...
 
@@ -111,24 +116,39 @@ class RealNvml:
             return [dev.info for dev in self._devices]
 
     def process_gpu_memory(self) -> dict[int, int]:
-        """GPU memory per pid, summed over devices; {} where NVML cannot tell.
+        """GPU memory per pid, summed over devices; {} where NVML cannot tell."""
+        return sum_over_devices(self.process_gpu_memory_by_device())
 
-        Pids are as NVML sees them (the host's pid namespace); inside a container
-        they may not match the daemon's view, hence best effort.
+    def process_gpu_memory_by_device(self) -> dict[int, dict[int, int]]:
+        """Device index -> pid -> bytes of GPU memory, for the compute processes NVML lists.
+
+        MIG instances are asked one by one through their own handles (the physical GPU
+        lists nothing for them). Pids are as NVML sees them (the host's pid namespace);
+        inside a container they may not match the daemon's view, hence best effort: a
+        device NVML cannot answer for reads as no processes.
         """
-        out: dict[int, int] = {}
         with self._lock:
             devices = list(self._devices)
+        lib = self._lib
+        # _v3 is the current call (driver >= 510); older bindings only have the plain name.
+        running = getattr(lib, "nvmlDeviceGetComputeRunningProcesses_v3", None) or getattr(
+            lib, "nvmlDeviceGetComputeRunningProcesses", None)
+        out: dict[int, dict[int, int]] = {}
+        if running is None:
+            return out
         for dev in devices:
             try:
-                procs = self._lib.nvmlDeviceGetComputeRunningProcesses(dev.handle)
+                procs = running(dev.handle)
             except Exception:
                 continue
+            per_pid: dict[int, int] = {}
             for proc in procs:
                 used = getattr(proc, "usedGpuMemory", None)
-                if used is None:
+                if used is None or int(used) >= _NOT_AVAILABLE:
                     continue
-                out[int(proc.pid)] = out.get(int(proc.pid), 0) + int(used)
+                pid = int(proc.pid)
+                per_pid[pid] = per_pid.get(pid, 0) + int(used)
+            out[dev.info.index] = per_pid
         return out
 
     def close(self) -> None:
@@ -224,143 +244,23 @@ def _describe(exc: BaseException) -> str:
     return f"NVML: {text}" if text else f"NVML: {type(exc).__name__}"
 
 
-# --------------------------------------------------------------------------- fake
-
-
-class FakeNvml:
-    """N fake 16 GiB GPUs (SPEC section 6): the stand-in where there is no GPU.
-
-    Tests and the daemon may set memory, utilisation and per-process memory to
-    simulate load; readings are copies, so callers cannot change the inventory
-    by accident.
-    """
-
-    def __init__(self, n: int) -> None:
-        if n < 0:
-            raise ValueError(f"number of fake GPUs must be >= 0, got {n}")
-        self._lock = threading.Lock()
-        self._gpus = [
-            GpuInfo(index=i, uuid=f"GPU-fake-{i}", name="Fake GPU", memory_total=FAKE_GPU_MEMORY,
-                    memory_used=0, utilization=0)
-            for i in range(n)
-        ]
-        self._process_memory: dict[int, int] = {}
-        self._closed = False
-
-    def available(self) -> bool:
-        return bool(self._gpus) and not self._closed
-
-    def unavailable_reason(self) -> str | None:
-        if self._closed:
-            return "NVML closed"
-        if not self._gpus:
-            return f"{FAKE_GPUS_ENV}=0"
-        return None
-
-    def gpus(self) -> list[GpuInfo]:
-        with self._lock:
-            return [] if self._closed else list(self._gpus)
-
-    def process_gpu_memory(self) -> dict[int, int]:
-        with self._lock:
-            return dict(self._process_memory)
-
-    def close(self) -> None:
-        self._closed = True
-
-    # -- simulation knobs
-
-    def set_memory_used(self, index: int, used: int) -> None:
-        with self._lock:
-            gpu = self._gpus[index]
-            self._gpus[index] = replace(gpu, memory_used=max(0, min(used, gpu.memory_total)))
-
-    def set_utilization(self, index: int, percent: int | None) -> None:
-        with self._lock:
-            self._gpus[index] = replace(self._gpus[index], utilization=percent)
-
-    def set_process_gpu_memory(self, pid: int, used: int | None) -> None:
-        """Pretend `pid` uses `used` bytes of GPU memory; None forgets it."""
-        with self._lock:
-            if used is None:
-                self._process_memory.pop(pid, None)
-            else:
-                self._process_memory[pid] = used
+def sum_over_devices(by_device: Mapping[int, Mapping[int, int]]) -> dict[int, int]:
+    """pid -> bytes summed over devices, from device -> pid -> bytes."""
+    out: dict[int, int] = {}
+    for per_pid in by_device.values():
+        for pid, used in per_pid.items():
+            out[pid] = out.get(pid, 0) + used
+    return out
 
 
 def open_nvml(env: Mapping[str, str]) -> Nvml:
-    """FakeNvml(N) when CORTEXD_FAKE_GPUS=N is set (and not empty), else RealNvml.
+    """The fake of fake_nvml.py when CORTEXD_FAKE_GPUS=N is set (and not empty), else RealNvml.
 
-    Raises ValueError on a value that is not a whole number >= 0: a typo there
-    should stop the daemon, not silently fall back to real GPUs.
+    Raises ValueError on a fake setting that does not parse: a typo there should stop the
+    daemon, not silently fall back to real GPUs.
     """
-    raw = env.get(FAKE_GPUS_ENV, "").strip()
-    if not raw:
+    if not env.get(FAKE_GPUS_ENV, "").strip():
         return RealNvml()
-    try:
-        n = int(raw)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise ValueError(f"{FAKE_GPUS_ENV} must be a whole number >= 0, got {raw!r}")
-    return FakeNvml(n)
+    from cortexd.daemon.fleet.fake_nvml import fake_from_env  # only where it is asked for
 
-
-# --------------------------------------------------------------------------- placement
-
-
-def choose_gpus(
-    need: int,
-    gpus: Sequence[GpuInfo],
-    held: Mapping[int, str],
-    prefer: Sequence[int] = (),
-) -> list[int] | None:
-    """Pick `need` GPUs no replica holds; None when there are not enough.
-
-    A GPU is never shared, so every candidate is free. Among them, prefer
-      1. the GPUs in `prefer` (a replica replacing a crashed one keeps its GPUs),
-      2. the fewest replicas on the same physical GPU (spreads MIG devices over
-         cards; plain GPUs all count 0 here),
-      3. the most free memory (other users' processes count against a GPU),
-      4. the lowest index (determinism).
-    Returns the indices in ascending order.
-    """
-    if need <= 0:
-        return []
-    known = {g.index for g in gpus}
-    holders_per_card: dict[int, int] = {}
-    for gpu in gpus:
-        if gpu.index in held:
-            card = _card(gpu)
-            holders_per_card[card] = holders_per_card.get(card, 0) + 1
-    free = [g for g in gpus if g.index not in held]
-    if len(free) < need:
-        return None
-    preferred = {i for i in prefer if i in known}
-    free.sort(key=lambda g: (g.index not in preferred, holders_per_card.get(_card(g), 0), -g.memory_free, g.index))
-    return sorted(g.index for g in free[:need])
-
-
-def _card(gpu: GpuInfo) -> int:
-    # Negative keys keep plain GPUs apart from MIG parents that share a number.
-    return gpu.parent if gpu.mig and gpu.parent is not None else -1 - gpu.index
-
-
-def placement_shortfall_reason(need: int, total: int, in_use: int, nvml_reason: str | None) -> str:
-    """Why a replica needing `need` GPUs cannot be placed, for `compute unavailable`."""
-    head = f"needs {need} GPU{'s' if need != 1 else ''} per replica"
-    if total <= 0:
-        tail = f" ({nvml_reason})" if nvml_reason else ""
-        return f"{head}; no NVIDIA GPU found{tail}"
-    if need > total:
-        return f"{head}; the machine has {total}"
-    return f"{head}; {in_use} of {total} in use"
-
-
-def cuda_visible_devices(gpus: Sequence[GpuInfo], chosen: Sequence[int]) -> str:
-    """CUDA_VISIBLE_DEVICES for the chosen indices: their UUIDs, comma-joined; "" for none."""
-    by_index = {g.index: g for g in gpus}
-    missing = [i for i in chosen if i not in by_index]
-    if missing:
-        raise ValueError(f"unknown GPU index {missing[0]}; known: {sorted(by_index)}")
-    return ",".join(by_index[i].uuid for i in chosen)
+    return fake_from_env(env)

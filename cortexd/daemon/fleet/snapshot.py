@@ -66,6 +66,7 @@ def status_of(entry: ApiEntry) -> str:
         rolling=entry.next is not None,
         error=gen.error,
         oom=gen.oom,
+        gpu_oom=gen.gpu_oom,
         compute_unavailable=gen.compute_unavailable,
     ))
 

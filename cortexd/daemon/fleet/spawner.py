@@ -155,6 +155,8 @@ def replica_spec(request: SpawnRequest) -> protocol.ReplicaSpec:
         # CUDA_VISIBLE_DEVICES renumbers the chosen GPUs from 0 inside the replica.
         gpus=list(range(len(request.gpus))),
         cpu=api.compute.cpu,
+        gpu_share=(min(1.0, api.compute.gpu) if request.gpus else 0.0),
+        gpu_mem=api.compute.gpu_mem if request.gpus else None,
     )
 
 

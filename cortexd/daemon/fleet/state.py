@@ -115,6 +115,7 @@ class Generation:
     slots: dict[int, SlotState] = field(default_factory=dict)
     error: str | None = None  # set after repeated load failures
     oom: bool = False
+    gpu_oom: bool = False
     compute_unavailable: str | None = None
     info: dict[str, Any] = field(default_factory=dict)  # what the replica said of its model
 

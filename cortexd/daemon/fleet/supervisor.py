@@ -23,6 +23,7 @@ from cortexd.daemon.fleet.events import (
     ReplicaLoadFailed,
     ReplicaLost,
     ReplicaOverdue,
+    ReplicaOverGpuMemory,
     ReplicaOverMemory,
     ReplicaReady,
 )
@@ -176,6 +177,10 @@ class Supervisor(Failures):
                 self._terminate(rep, now)
         elif isinstance(event, ReplicaOverMemory):
             self._on_over_memory(entry, gen, rep, event, now)
+        elif isinstance(event, ReplicaOverGpuMemory):
+            if rep.failure is None:
+                gen.gpu_oom = True
+                self._fail_replica(entry, gen, rep, event.reason, now, signal="kill")
         elif isinstance(event, ReplicaLost):
             self._fail_replica(entry, gen, rep, f"replica {rep.id} lost its connection to the daemon ({event.reason})",
                                now, signal=None)
@@ -195,7 +200,8 @@ class Supervisor(Failures):
             gen.info = dict(info)
         self._api_log(entry.name, f"replica {rep.id} is ready (pid {rep.handle.pid})")
         if gen is entry.current:
-            gen.oom = gen.oom and gen.ready_count() < entry.spec.compute.min_replicas
+            short = gen.ready_count() < entry.spec.compute.min_replicas
+            gen.oom, gen.gpu_oom = gen.oom and short, gen.gpu_oom and short
             self._route(entry, gen, rep)
             self._settle_first(entry)
         elif gen is entry.next:

@@ -56,11 +56,24 @@ class GpuMetricsState:
 
 
 @dataclass(frozen=True)
+class ReplicaGpuMetricsState:
+    """One replica on one GPU: its share of the card, its GPU memory (NVML, by process tree)."""
+    api: str
+    replica: str
+    gpu: int
+    gpu_uuid: str
+    share: float                            # 1.0 for a whole GPU
+    memory_used: int                        # bytes
+    memory_limit: int | None = None         # its gpu_mem, bytes
+
+
+@dataclass(frozen=True)
 class MetricsState:
     apis: Sequence[ApiMetricsState] = ()
     gpus: Sequence[GpuMetricsState] = ()
     warnings: int = 0  # things the daemon repaired or worked around that an operator should know
     loop_errors: int = 0  # exceptions the main loop caught and survived
+    replica_gpus: Sequence[ReplicaGpuMetricsState] = ()
 
 
 StateProvider = Callable[[], MetricsState]
@@ -236,10 +249,21 @@ class _StateFamilies:
         self.gpu_util = GaugeMetricFamily(
             "cortexd_gpu_utilization", "GPU utilisation, 0.0 to 1.0 (as Triton's nv_gpu_utilization).",
             labels=["gpu", "gpu_uuid"])
+        replica_labels = ["api", "replica", "gpu", "gpu_uuid"]
+        self.replica_gpu_used = GaugeMetricFamily(
+            "cortexd_replica_gpu_memory_used_bytes", "GPU memory a replica's processes use on one GPU (NVML).",
+            labels=replica_labels)
+        self.replica_gpu_limit = GaugeMetricFamily(
+            "cortexd_replica_gpu_memory_limit_bytes", "A replica's gpu_mem on one GPU (absent without gpu_mem).",
+            labels=replica_labels)
+        self.replica_gpu_share = GaugeMetricFamily(
+            "cortexd_replica_gpu_share", "The share of one GPU a replica holds: 1.0 whole, 0.5 half.",
+            labels=replica_labels)
 
     def all(self) -> list[Metric]:
-        return [self.warnings, self.loop_errors, self.in_flight, self.queued, self.replicas, self.restarts, self.classes, self.reg_count,
-                self.reg_value, self.gpu_used, self.gpu_total, self.gpu_util]
+        return [self.warnings, self.loop_errors, self.in_flight, self.queued, self.replicas, self.restarts,
+                self.classes, self.reg_count, self.reg_value, self.gpu_used, self.gpu_total, self.gpu_util,
+                self.replica_gpu_used, self.replica_gpu_limit, self.replica_gpu_share]
 
     def fill(self, state: MetricsState) -> None:
         self.warnings.add_metric([], state.warnings)
@@ -258,6 +282,12 @@ class _StateFamilies:
             self.gpu_used.add_metric(labels, gpu.memory_used)
             self.gpu_total.add_metric(labels, gpu.memory_total)
             self.gpu_util.add_metric(labels, gpu.utilization / 100.0)
+        for rep in state.replica_gpus:
+            labels = [rep.api, rep.replica, str(rep.gpu), rep.gpu_uuid]
+            self.replica_gpu_used.add_metric(labels, rep.memory_used)
+            self.replica_gpu_share.add_metric(labels, rep.share)
+            if rep.memory_limit:
+                self.replica_gpu_limit.add_metric(labels, rep.memory_limit)
 
     def _fill_tracker(self, name: str, tracker: Mapping[str, Any]) -> None:
         total = tracker.get("total") or {}

@@ -10,11 +10,14 @@ UPDATING = "updating"
 COMPUTE_UNAVAILABLE = "compute unavailable"
 ERROR = "error"
 ERROR_OOM = "error (out of memory)"
+ERROR_GPU_OOM = "error (out of GPU memory)"
 STOPPING = "stopping"
 STOPPED = "stopped"
 
 # Every status, in the order summaries list them (sd_notify STATUS, docs).
-STATUS_ORDER: tuple[str, ...] = (LIVE, CREATING, UPDATING, COMPUTE_UNAVAILABLE, ERROR, ERROR_OOM, STOPPING, STOPPED)
+STATUS_ORDER: tuple[str, ...] = (
+    LIVE, CREATING, UPDATING, COMPUTE_UNAVAILABLE, ERROR, ERROR_OOM, ERROR_GPU_OOM, STOPPING, STOPPED,
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class StatusFacts:
     error: str | None  # the API cannot start its replicas (repeated load failures, a failed env)
     oom: bool  # a replica was stopped for memory and the API is short of replicas because of it
     compute_unavailable: str | None  # replicas wait for GPUs/CPU/memory
+    gpu_oom: bool = False  # a replica was stopped for GPU memory (above gpu_mem) and the API is short because of it
 
 
 def derive_status(f: StatusFacts) -> str:
@@ -40,6 +44,8 @@ def derive_status(f: StatusFacts) -> str:
         return LIVE
     if f.oom:
         return ERROR_OOM
+    if f.gpu_oom:
+        return ERROR_GPU_OOM
     if f.error:
         return ERROR
     if f.compute_unavailable:

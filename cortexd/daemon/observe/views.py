@@ -15,7 +15,7 @@ from typing import Any
 from cortexd.daemon.fleet.snapshot import ApiSnapshot, Fleet
 from cortexd.daemon.fleet.state import LastError
 from cortexd.daemon.observe.latency import LatencyStats
-from cortexd.daemon.observe.metrics import ApiMetricsState, GpuMetricsState, MetricsState
+from cortexd.daemon.observe.metrics import ApiMetricsState, GpuMetricsState, MetricsState, ReplicaGpuMetricsState
 from cortexd.daemon.systemd import status_line as systemd_status_line
 
 
@@ -43,14 +43,16 @@ def api_view(
     queue: tuple[int, int],
     stats: LatencyStats | None,
     tracker: dict[str, Any] | None,
+    replica_gpu: Callable[[str], dict[str, Any]] = lambda rid: {},
 ) -> dict[str, Any]:
-    """One API as `cortexd get API --json` shows it."""
+    """One API as `cortexd get API --json` shows it (`replica_gpu`: a replica's GPU share and memory)."""
     replicas = []
     for rep in snap.replicas:
         u = usage.get(rep.id) or Usage(0.0, 0)
         replicas.append({
             "id": rep.id, "pid": rep.pid, "state": rep.state, "version": rep.version, "gpus": list(rep.gpus),
             "cpu_percent": round(u.cpu_percent, 1), "rss_bytes": u.rss_bytes, "restarts": rep.restarts,
+            **replica_gpu(rep.id),
         })
     return {
         "name": snap.name,
@@ -110,7 +112,7 @@ def status_line(fleet: Fleet) -> str:
 
 def metrics_state(
     fleet: Fleet, queue_counts: QueueCounts, tracker: TrackerSummary, gpus: Sequence[GpuMetricsState],
-    warnings: int = 0, loop_errors: int = 0,
+    warnings: int = 0, loop_errors: int = 0, replica_gpus: Sequence[ReplicaGpuMetricsState] = (),
 ) -> MetricsState:
     apis = []
     for name, snap in fleet.items():
@@ -119,4 +121,5 @@ def metrics_state(
             name=name, in_flight=in_flight, queued=queued, replicas=snap.state_counts(), restarts=snap.restarts,
             tracker=tracker(name),
         ))
-    return MetricsState(apis=apis, gpus=list(gpus), warnings=warnings, loop_errors=loop_errors)
+    return MetricsState(apis=apis, gpus=list(gpus), warnings=warnings, loop_errors=loop_errors,
+                        replica_gpus=list(replica_gpus))
