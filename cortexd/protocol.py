@@ -42,6 +42,9 @@ class ReplicaSpec:
     python_path: str
     gpus: list[int] = field(default_factory=list)  # indices as seen through CUDA_VISIBLE_DEVICES
     cpu: float = 0.2
+    # Server-side batching (cortexd/replica/batching.py): 0 = off; else the API's
+    # max_batch_size, and the replica answers POST /predict-batch (cortexd/batchframe.py).
+    max_batch_size: int = 0
 
 
 @dataclass(frozen=True)
