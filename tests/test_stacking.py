@@ -198,3 +198,21 @@ def test_batches_can_follow_each_other() -> None:
         assert gatherer.run_batch(predictor.predict, [[i] for i in range(n)]) == [2.0 * (i + 1) for i in range(n)]
     assert sum(model.runs) == 9
     gatherer.close()
+
+
+def test_batches_running_side_by_side_keep_their_own_calls() -> None:
+    """A replica serving two requests at once (threads_per_process) runs two batches at a time."""
+    model = Doubler()
+    gatherer, predictor = gathered(model, threads=8)
+    outcomes: dict[int, list[Any]] = {}
+
+    def one(k: int) -> None:
+        outcomes[k] = gatherer.run_batch(predictor.predict, [[k * 10 + i] for i in range(3)])
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert outcomes == {k: [2.0 * (k * 10 + i + 1) for i in range(3)] for k in (1, 2)}
+    assert sum(model.runs) == 6

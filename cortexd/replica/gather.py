@@ -41,37 +41,42 @@ class _Call:
         self.done = False
 
 
+class _Batch:
+    """The state of one batch's predict calls; batches may run side by side (a replica
+    serving several requests at once), each with its own."""
+
+    def __init__(self, count: int) -> None:
+        self.cond = threading.Condition()
+        self.running = count  # predict calls that have not returned
+        self.pending: list[_Call] = []  # client calls waiting for the stacked run
+        self.progress = 0  # counts arrivals in the client and returns from predict
+
+
 class Gatherer:
     """Runs one batch's predict calls in threads and their model calls as stacked runs."""
 
     def __init__(self, model: StackedModel, threads: int) -> None:
         self._model = model
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="cortexd-batch")
-        self._cond = threading.Condition()
-        self._running = 0  # predict calls of the current batch that have not returned
-        self._pending: list[_Call] = []  # client calls waiting for the stacked run
-        self._progress = 0  # counts arrivals in the client and returns from predict
-        self._local = threading.local()  # .in_batch: this thread runs a predict call of a batch
+        self._local = threading.local()  # .batch: the batch whose predict call this thread runs
 
     def run_batch(self, predict: Callable[[Any], Any], payloads: list[Any]) -> list[Any]:
         """predict(payload) for each payload; one outcome each, in order: its return value or
-        the exception it raised. Called from one thread at a time (the replica's loop)."""
-        cond = self._cond
-        with cond:
-            self._running = len(payloads)
-            self._pending = []
-        futures = [self._pool.submit(self._one, predict, p) for p in payloads]
+        the exception it raised."""
+        batch = _Batch(len(payloads))
+        cond = batch.cond
+        futures = [self._pool.submit(self._one, batch, predict, p) for p in payloads]
         while True:
             with cond:
                 # until every unfinished predict call waits in the client (or none is left)
-                while self._running != len(self._pending):
-                    seen = self._progress
+                while batch.running != len(batch.pending):
+                    seen = batch.progress
                     cond.wait(PATIENCE_S)
-                    if self._progress == seen and self._pending:
+                    if batch.progress == seen and batch.pending:
                         break  # stragglers: run the waiting calls now
-                if self._running == 0:
+                if batch.running == 0:
                     break
-                calls, self._pending = self._pending, []
+                calls, batch.pending = batch.pending, []
             results = run_stacked(self._model, [c.feeds for c in calls])  # outside the lock
             with cond:
                 for call, result in zip(calls, results):
@@ -83,28 +88,29 @@ class Gatherer:
             outcomes.append(exc if exc is not None else future.result())
         return outcomes
 
-    def _one(self, predict: Callable[[Any], Any], payload: Any) -> Any:
-        self._local.in_batch = True
+    def _one(self, batch: _Batch, predict: Callable[[Any], Any], payload: Any) -> Any:
+        self._local.batch = batch
         try:
             return predict(payload)
         finally:
-            self._local.in_batch = False
-            with self._cond:
-                self._running -= 1
-                self._progress += 1
-                self._cond.notify_all()
+            self._local.batch = None
+            with batch.cond:
+                batch.running -= 1
+                batch.progress += 1
+                batch.cond.notify_all()
 
     def run(self, feeds: Feeds) -> Arrays:
-        """A client's model call: gathered into the batch's stacked run when it comes from a
+        """A client's model call: gathered into its batch's stacked run when it comes from a
         predict call of a batch, else run at once."""
-        if not getattr(self._local, "in_batch", False):
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        if batch is None:
             return self._model.run_arrays(feeds)
         call = _Call(feeds)
-        with self._cond:
-            self._pending.append(call)
-            self._progress += 1
-            self._cond.notify_all()
-            self._cond.wait_for(lambda: call.done)
+        with batch.cond:
+            batch.pending.append(call)
+            batch.progress += 1
+            batch.cond.notify_all()
+            batch.cond.wait_for(lambda: call.done)
         if isinstance(call.result, BaseException):
             raise call.result
         result: Arrays = call.result
