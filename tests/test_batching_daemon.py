@@ -166,7 +166,7 @@ def test_a_python_predictor_returning_the_wrong_length_fails_its_batch_with_the_
     for r in answers:
         message = r.json()["error"]
         assert "must return a list with one prediction per payload, in order" in message
-        assert f"predictions for a batch of " in message
+        assert "predictions for a batch of " in message
     assert sum(sizes) == 3
 
 
