@@ -20,17 +20,29 @@ TRACKER_COST_MAX = 0.05         # the tracker costs <= 5 % throughput (c=8)
 TARGET_MODEL = "tiny"
 TRACKER_CONCURRENCY = 8
 
+# Issue 14's targets for server-side batching (1 replica, ONNX, batchable models).
+BATCH_MLP_SPEEDUP_MIN = 2.5     # mlp c=32: batched req/s >= 2.5 x unbatched
+BATCH_P50_EXTRA_MS = 0.3        # c=1: batched p50 <= unbatched p50 + batch_interval + 0.3 ms
+
 
 def label(row: Row) -> str:
     if row["server"] != "cortexd":
         return row["server"]
+    if row.get("section") == "batching":
+        kind = "py" if row.get("predictor") == "python" else "onnx"
+        return f"{kind} " + (f"batch {row['batching']}" if row.get("batching") else "unbatched")
     return f"cortexd {row['replicas']}r" + (" +tracker" if row.get("tracker") else "")
+
+
+def is_batching(row: Row) -> bool:
+    return row.get("section") == "batching"
 
 
 def progress_line(row: Row) -> str:
     return (f"  {row['model']:<5} {label(row):<19} c={row['concurrency']:<3} {row['rps']:>8.0f} req/s  "
             f"p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  errors {row['errors']}  "
-            f"cpu {row['cpu_s_per_1k']} s/1k req")
+            f"cpu {row['cpu_s_per_1k']} s/1k req"
+            + (f"  batch {row['avg_batch']}" if row.get("avg_batch") is not None else ""))
 
 
 def limit_line(r: Row) -> str:
@@ -41,7 +53,7 @@ def limit_line(r: Row) -> str:
 def _find(runs: list[Row], model: str, server: str, c: int, replicas: int | None = None,
           tracker: bool | None = None) -> Row | None:
     for r in runs:
-        if r["model"] != model or r["server"] != server or r["concurrency"] != c:
+        if r["model"] != model or r["server"] != server or r["concurrency"] != c or is_batching(r):
             continue
         if replicas is not None and r.get("replicas") != replicas:
             continue
@@ -55,7 +67,7 @@ def ratios(runs: list[Row]) -> list[Row]:
     """For every run that is not the ceiling: its figures relative to the ceiling's, same model and c."""
     out = []
     for r in runs:
-        if r["server"] == "ceiling":
+        if r["server"] == "ceiling" or is_batching(r):
             continue
         base = _find(runs, r["model"], "ceiling", r["concurrency"])
         if base is None or not base["rps"]:
@@ -151,7 +163,8 @@ def targets(runs: list[Row], tracker_ab: Row | None = None) -> list[Row]:
                            f"{tr8['rps']:.0f} with vs {cx8['rps']:.0f} req/s without"))
     else:
         out.append(_target("tracker costs <= 5 % throughput (c=8)", None, TRACKER_COST_MAX, None, "not measured"))
-    c32 = [r for r in runs if r["server"] == "cortexd" and r.get("replicas") == 1 and r["concurrency"] == 32]
+    c32 = [r for r in runs if r["server"] == "cortexd" and r.get("replicas") == 1 and r["concurrency"] == 32
+           and not is_batching(r)]
     if c32:
         errors = sum(r["errors"] for r in c32)
         out.append(_target("no errors at c=32, 1 replica", errors, 0, errors == 0,
@@ -159,6 +172,88 @@ def targets(runs: list[Row], tracker_ab: Row | None = None) -> list[Row]:
     else:
         out.append(_target("no errors at c=32, 1 replica", None, 0, None, "not measured"))
     return out
+
+
+def _batch_pair(runs: list[Row], model: str, predictor: str, c: int) -> tuple[Row | None, Row | None]:
+    """(unbatched, batched) rows of the batching section."""
+    found: dict[bool, Row] = {}
+    for r in runs:
+        if is_batching(r) and r["model"] == model and r.get("predictor") == predictor and r["concurrency"] == c:
+            found.setdefault(bool(r.get("batching")), r)
+    return found.get(False), found.get(True)
+
+
+def _interval_ms(setting: str) -> float:
+    from cortexd.config.durations import parse_duration
+
+    return parse_duration(setting.partition("/")[2]) * 1000.0
+
+
+def batching_targets(runs: list[Row]) -> list[Row]:
+    """Issue 14's targets, on the ONNX cells of the batching section."""
+    out = []
+    off, on = _batch_pair(runs, "mlp", "onnx", 32)
+    if off and on and off["rps"]:
+        ratio = on["rps"] / off["rps"]
+        out.append(_target("mlp c=32 batched >= 2.5 x unbatched req/s", round(ratio, 2), BATCH_MLP_SPEEDUP_MIN,
+                           ratio >= BATCH_MLP_SPEEDUP_MIN, f"{on['rps']:.0f} vs {off['rps']:.0f} req/s"))
+    else:
+        out.append(_target("mlp c=32 batched >= 2.5 x unbatched req/s", None, BATCH_MLP_SPEEDUP_MIN, None,
+                           "not measured"))
+    for model in ("tiny", "mlp"):
+        off, on = _batch_pair(runs, model, "onnx", 1)
+        name = f"{model} c=1 batched p50 <= unbatched p50 + batch_interval + 0.3 ms"
+        if off and on:
+            limit = _interval_ms(on["batching"]) + BATCH_P50_EXTRA_MS
+            extra = on["p50_ms"] - off["p50_ms"]
+            out.append(_target(name, round(extra, 3), round(limit, 3), extra <= limit,
+                               f"{on['p50_ms']:.3f} vs {off['p50_ms']:.3f} ms"))
+        else:
+            out.append(_target(name, None, BATCH_P50_EXTRA_MS, None, "not measured"))
+    off, on = _batch_pair(runs, "tiny", "onnx", 32)
+    if off and on and off["rps"]:
+        ratio = on["rps"] / off["rps"]
+        out.append(_target("tiny c=32 batched not slower than unbatched", round(ratio, 2), 1.0, ratio >= 1.0,
+                           f"{on['rps']:.0f} vs {off['rps']:.0f} req/s"))
+    else:
+        out.append(_target("tiny c=32 batched not slower than unbatched", None, 1.0, None, "not measured"))
+    rows = [r for r in runs if is_batching(r)]
+    if rows:
+        errors = sum(r["errors"] for r in rows)
+        out.append(_target("no errors in the batching cells", errors, 0, errors == 0,
+                           f"{len(rows)} cells, {sum(r['requests'] for r in rows)} requests"))
+    return out
+
+
+def render_batching(runs: list[Row]) -> list[str]:
+    rows = [r for r in runs if is_batching(r)]
+    if not rows:
+        return []
+    setting = next((r["batching"] for r in rows if r.get("batching")), "?")
+    lines = ["", f"server-side batching (1 replica, batchable models; batched = max_batch_size/batch_interval "
+                 f"{setting}; x off = req/s / the same predictor unbatched; batch = average batch size)"]
+    head = (f"  {'model':<5} {'server':<19} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+            f"{'cpu':>6} {'x off':>6} {'+p50':>7} {'batch':>6}")
+    lines += [head, "  " + "-" * (len(head) - 2)]
+    block = None
+    for r in rows:
+        if block is not None and block != (r["model"], r["concurrency"]):
+            lines.append("")
+        block = (r["model"], r["concurrency"])
+        off, _ = _batch_pair(runs, r["model"], r.get("predictor", "onnx"), r["concurrency"])
+        ratio = r["rps"] / off["rps"] if r.get("batching") and off and off["rps"] else None
+        extra = r["p50_ms"] - off["p50_ms"] if r.get("batching") and off else None
+        lines.append(
+            f"  {r['model']:<5} {label(r):<19} {r['concurrency']:>3} {r['rps']:>8.0f} {r['p50_ms']:>8.3f} "
+            f"{r['p99_ms']:>8.3f} {r['errors']:>6} {_fmt(r.get('cpu_s_per_1k'), '.3f'):>6} "
+            f"{_fmt(ratio, '.2f'):>6} {_fmt(extra, '+.3f'):>7} {_fmt(r.get('avg_batch'), '.1f'):>6}"
+        )
+    tg = batching_targets(runs)
+    lines += ["", "targets (issue 14; ONNX, 1 replica)"]
+    for t in tg:
+        verdict = "n/a " if t["ok"] is None else ("PASS" if t["ok"] else "FAIL")
+        lines.append(f"  {verdict}  {t['name']}: {_fmt(t['value'], 'g')} ({t['detail']})")
+    return lines
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -181,7 +276,8 @@ def render(results: Row) -> str:
         for r in results["limit"]:
             lines.append(f"  {r['model']:<5} {r['loop']:<9} {r['calls_per_s']:>9.0f} {r['p50_ms'] * 1000:>8.1f} "
                          f"{r['p99_ms'] * 1000:>8.1f}")
-    runs = results.get("runs", [])
+    all_runs = results.get("runs", [])
+    runs = [r for r in all_runs if not is_batching(r)]
     if runs:
         rat = {(x["model"], x["server"], x["concurrency"]): x for x in results.get("ratios", ratios(runs))}
         lines.append("")
@@ -202,6 +298,7 @@ def render(results: Row) -> str:
                 f"{r['p99_ms']:>8.3f} {r['errors']:>6} {_fmt(r.get('cpu_s_per_1k'), '.3f'):>6} "
                 f"{_fmt(x.get('rps_ratio'), '.2f'):>7} {_fmt(x.get('p50_extra_ms'), '+.3f'):>7}"
             )
+    lines += render_batching(all_runs)
     if results.get("tracker_ab"):
         lines.append("")
         lines.append(tracker_line(results["tracker_ab"]).strip())

@@ -6,6 +6,8 @@ For each model ("tiny" 4->16->3, "mlp" 256->1024->1024->10; bench/models.py):
 - replica-direct: cortexd's own replica (handler and HTTP server) on TCP: cortexd minus the proxy;
 - cortexd: a real `cortexd serve` with the model as an ONNX API, 1 and 2 replicas,
   with and without a tracker;
+- batching: server-side batching off vs on (bench/batching.py), 1 replica, for the ONNX
+  model and a Python predictor running the MLP in numpy;
 then wrk (one thread, POST JSON, keep-alive) at each concurrency against every server. The
 servers of a model run side by side and are measured in interleaved rounds (the table shows
 the median round; ratios are medians of per-round ratios), so load from elsewhere on the
@@ -15,6 +17,7 @@ targets of issue 7, and writes everything to bench/results/<timestamp>.json.
 
     .venv/bin/python bench/run.py [--duration 2] [--rounds 5] [--tracker-rounds 10]
                                   [--models tiny,mlp] [--concurrency 1,8,32] [--quiet-load 0.7]
+                                  [--only batching] [--batching 32/2ms]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import batching as batching_mod
 from bench import limit as limit_mod
 from bench import report
 from bench.harness import (
@@ -198,8 +202,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs per server and concurrency, interleaved across servers; the table shows medians")
     parser.add_argument("--warmup", type=int, default=1,
                         help="seconds of wrk against each server before its first measured run (0: none)")
-    parser.add_argument("--only", default="limit,ceiling,replica,cortexd,sequential",
+    parser.add_argument("--only", default="limit,ceiling,replica,cortexd,batching,sequential",
                         help="sections to run (comma-separated)")
+    parser.add_argument("--batching", default=batching_mod.DEFAULT_SETTING,
+                        help="the batched cells' max_batch_size/batch_interval (default 32/2ms)")
     parser.add_argument("--variants", default="1,1t,2,2t", help="cortexd variants: replicas, t = with tracker")
     parser.add_argument("--tracker-rounds", type=int, default=10,
                         help="extra alternating runs of the tiny 1-replica API without/with tracker at c=8 (0: none)")
@@ -280,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
                         answer = run_wrk_once_body(pair[1], body)
                         results["tracker_ab"]["in_process"] = tracker_in_process(answer)
                         print(report.tracker_line(results["tracker_ab"]), flush=True)
+        if "batching" in only:
+            print(f"server-side batching cells: 1 replica, batching off vs {args.batching}", flush=True)
+            results["runs"] += batching_mod.run_section(
+                models, concurrency, args.rounds, args.duration, args.warmup, args.batching, paths, workdir,
+                measure_once, combine, lambda row: print(report.progress_line(row), flush=True),
+            )
         if "sequential" in only:
             from bench import sequential
 
@@ -295,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     results["ratios"] = report.ratios(results["runs"])
     results["targets"] = report.targets(results["runs"], results.get("tracker_ab"))
+    results["batching_targets"] = report.batching_targets(results["runs"])
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, time.strftime("%Y%m%d-%H%M%S", time.localtime(started)) + ".json")
     with open(out, "w") as f:

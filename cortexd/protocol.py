@@ -44,6 +44,9 @@ class ReplicaSpec:
     cpu: float = 0.2
     gpu_share: float = 0.0  # of its one card (0.25, 0.5), 1.0 for whole GPUs, 0 without a GPU
     gpu_mem: int | None = None  # bytes of GPU memory per GPU: the frameworks' limits (replica/gpu_limits.py)
+    # Server-side batching (cortexd/replica/batching.py): 0 = off; else the API's
+    # max_batch_size, and the replica answers POST /predict-batch (cortexd/batchframe.py).
+    max_batch_size: int = 0
 
 
 @dataclass(frozen=True)

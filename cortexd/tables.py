@@ -56,6 +56,12 @@ def format_api(api: Mapping[str, Any]) -> str:
     tracker = api.get("tracker")
     if tracker:
         sections.append(format_tracker(tracker))
+    batching = api.get("batching")
+    if batching:  # server-side batching: the view holds BatchStats.summary() and the two settings
+        from cortexd.daemon.observe.batch_stats import render_lines
+
+        sections.append("\n".join(render_lines(batching, batching.get("max_batch_size"),
+                                                batching.get("batch_interval_s"))))
     return "\n\n".join(sections)
 
 

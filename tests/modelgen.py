@@ -148,3 +148,27 @@ def tf_saved_model(path: str, version: int = 1, signatures: Sequence[str] = ("se
     tf.saved_model.save(module, path, signatures=sigs)
     assert os.path.isfile(os.path.join(path, "saved_model.pb"))
     return path
+
+
+def tf_batch_model(path: str, batch: int | None = None) -> str:
+    """A SavedModel for server-side batching: serving_default takes x float [batch, 4] and
+    gives scores float [batch, 3] and label int64 [batch] (the linear model of linear_weights).
+    batch=None is a dynamic first dimension (batchable); a number fixes it."""
+    import tensorflow as tf
+
+    w, b = linear_weights()
+
+    class Linear(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.Variable(w)
+            self.b = tf.Variable(b)
+
+        @tf.function(input_signature=[tf.TensorSpec([batch, 4], tf.float32, name="x")])
+        def classify(self, x: Any) -> dict[str, Any]:
+            scores = tf.matmul(x, self.w) + self.b
+            return {"scores": scores, "label": tf.argmax(scores, axis=1)}
+
+    module = Linear()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.classify})
+    return path

@@ -80,7 +80,7 @@ API_CASES: list[tuple[str, tuple[int, int | None, str, str]]] = [
      (1, 3, "onnx", "give exactly one of python, tensorflow, onnx (python is given at line 5)")),
     ("python: {}", (0, 3, "python.predictor", "required: predictor file")),
     ("python:", (0, 3, "python.predictor", "required: predictor file")),
-    ("python: predictor.py", (0, 3, "python", "expected a mapping with keys: predictor, config, got a scalar")),
+    ("python: predictor.py", (0, 3, "python", "expected a mapping with keys: predictor, config, server_side_batching, got a scalar")),
     # predictor files
     ("python: {predictor: missing.py}", (0, None, "python.predictor", "file not found: ")),
     ("python: {predictor: adir}", (0, None, "python.predictor", "is a folder; expected a Python file")),
@@ -99,7 +99,7 @@ API_CASES: list[tuple[str, tuple[int, int | None, str, str]]] = [
     ("onnx: {model: model.onnx, signature_key: x}",
      (0, None, "onnx.signature_key", "unknown key; it belongs at tensorflow.signature_key (accepted: model, predictor")),
     ("onnx:\n  model: model.onnx\n  predictor_path: onnx_predictor.py",
-     (2, None, "onnx.predictor_path", 'unknown key; did you mean "predictor"? (accepted: model, predictor, config, python_path)')),
+     (2, None, "onnx.predictor_path", 'unknown key; did you mean "predictor"? (accepted: model, predictor, config, python_path, server_side_batching)')),
     # tensorflow models
     ("tensorflow: {model: empty_model}", (0, None, "tensorflow.model", "holds no saved_model.pb; expected a SavedModel folder")),
     ("tensorflow: {model: stale}", (0, None, "tensorflow.model", "version 2 (the highest)")),

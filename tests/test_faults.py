@@ -52,6 +52,12 @@ FAULTY_YAML = """
   compute:
     min_replicas: 2
     cpu: 100m
+- kind: api
+  name: sleepy
+  python:
+    predictor: faulty.py
+  compute:
+    cpu: 100m
 """
 
 
@@ -161,8 +167,8 @@ def test_kill_9_of_every_replica_under_load_fails_no_request(faulty: Daemon) -> 
 def test_latency_has_sub_millisecond_resolution(faulty: Daemon) -> None:
     c = faulty.client()
     for _ in range(300):
-        assert c.post("/f/echo", {"sleep": 0.0003}).status == 200
-    p50 = faulty.get("echo")["metrics"]["p50_ms"]
+        assert c.post("/f/sleepy", {"sleep": 0.0003}).status == 200
+    p50 = faulty.get("sleepy")["metrics"]["p50_ms"]
     # The event loop's clock would give whole milliseconds (0.0 or 1.0); a 0.3 ms sleep
     # plus the round trip lies strictly between.
     assert p50 >= 0.3 and p50 != round(p50), p50

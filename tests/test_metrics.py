@@ -164,3 +164,32 @@ def test_two_instances_do_not_share_series() -> None:
     first, second = Metrics(), Metrics()
     first.request("iris", 200, 0.01, 0.0)
     assert not any(("api", "iris") in labels for _, labels in scrape(second))
+
+
+def test_batch_size_wait_and_trigger_series() -> None:
+    metrics = Metrics()
+    metrics.request("plain", 200, 0.001, 0.0)
+    metrics.batch("iris", 8, "full", [0.0015] * 8)
+    metrics.batch("iris", 3, "interval", [0.002, 0.0012, 0.0001])
+    metrics.batch("iris", 1, "freed", [0.0])
+    s = scrape(metrics)
+    size = "cortexd_inference_batch_size"
+    assert s[(size + "_count", (("api", "iris"),))] == 3
+    assert s[(size + "_sum", (("api", "iris"),))] == 12
+    assert s[(size + "_bucket", (("api", "iris"), ("le", "1.0")))] == 1
+    assert s[(size + "_bucket", (("api", "iris"), ("le", "2.0")))] == 1
+    assert s[(size + "_bucket", (("api", "iris"), ("le", "4.0")))] == 2
+    assert s[(size + "_bucket", (("api", "iris"), ("le", "8.0")))] == 3
+    wait = "cortexd_inference_batch_wait_seconds"
+    assert s[(wait + "_count", (("api", "iris"),))] == 12  # one per request
+    assert s[(wait + "_sum", (("api", "iris"),))] == pytest.approx(0.0015 * 8 + 0.0033)
+    assert s[(wait + "_bucket", (("api", "iris"), ("le", "0.0001")))] == 2
+    assert s[(wait + "_bucket", (("api", "iris"), ("le", "0.0025")))] == 12
+    batches = "cortexd_inference_batches_total"
+    assert {k[1][1][1]: v for k, v in s.items() if k[0] == batches} == {"full": 1, "interval": 1, "freed": 1}
+    # an API that does not batch has no batch series
+    assert not any(dict(labels).get("api") == "plain" for name, labels in s if name.startswith(size))
+    types = families(metrics)
+    assert types[size] == types[wait] == "histogram" and types["cortexd_inference_batches"] == "counter"
+    metrics.forget("iris")
+    assert not any(name.startswith(size) and dict(labels) for name, labels in scrape(metrics))

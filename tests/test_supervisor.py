@@ -64,7 +64,8 @@ class FakeRouter:
         self.gone: list[str] = []
         self.hold: dict[str, bool] = {}
 
-    def replica_ready(self, api: str, replica_id: str, socket_path: str, generation: int, slots: int = 1) -> None:
+    def replica_ready(self, api: str, replica_id: str, socket_path: str, generation: int, slots: int = 1,
+                      batching: object = None) -> None:
         self.ready.setdefault(api, []).append(replica_id)
 
     def drain(self, api: str, replica_id: str, on_drained: Callable[[], None]) -> None:

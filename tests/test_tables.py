@@ -190,3 +190,20 @@ def test_latency(ms: float | None, text: str) -> None:
 def test_no_line_has_trailing_spaces() -> None:
     for text in (format_apis([IRIS, PRICE]), format_api(IRIS), format_api(PRICE)):
         assert all(line == line.rstrip() for line in text.splitlines())
+
+
+def test_format_api_shows_batching() -> None:
+    from cortexd.daemon.observe.batch_stats import BatchStats
+
+    stats = BatchStats()
+    for size, trigger in [(8, "full"), (8, "full"), (3, "interval"), (1, "freed")]:
+        stats.record(size, 1.0, trigger, wait_s=size * 0.002)
+    view = {**IRIS, "tracker": None,
+            "batching": {**stats.summary(2.0), "max_batch_size": 8, "batch_interval_s": 0.005}}
+    text = format_api(view)
+    assert text.endswith(golden("""
+        batching (max_batch_size 8, batch_interval 5ms): 4 batches, 20 requests in the last 5 min; average size 5, average wait 2 ms
+          batch sizes  1: 25%  3-4: 25%  5-8: 50%
+          sent because replica freed: 25%  full: 50%  interval passed: 25%
+    """))
+    assert "batching" not in format_api(IRIS)  # an API that does not batch shows nothing of it

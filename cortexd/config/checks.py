@@ -12,6 +12,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from cortexd.config.schema import RESERVED_PATHS
+from cortexd.model_shapes import local_batch_problem
 
 CheckResult = tuple[str, "str | None"]
 
@@ -129,6 +130,15 @@ def check_tensorflow_model(value: str, project_dir: str) -> CheckResult:
     if not _is_saved_model_dir(os.path.join(path, version)):
         return path, f"version {version} (the highest) in {path} holds no saved_model.pb; {expected}"
     return path, None
+
+
+def batching_problem(kind: str, model: str | None, signature_key: str | None) -> str | None:
+    """Why a model cannot be served with server_side_batching, when that can be told now: a
+    local ONNX file or SavedModel whose inputs/outputs lack a dynamic first dimension. A
+    remote model is checked by the replica when it loads it."""
+    if kind not in ("onnx", "tensorflow") or not model or not os.path.isabs(model):
+        return None
+    return local_batch_problem(kind, model, signature_key)
 
 
 # The checks the schema's `check` field names.

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cortexd.config.checks import endpoint_problem, normalise_endpoint, reserved_prefix
-from cortexd.config.objects import Api, Compute, PredictorSpec, Tracker
+from cortexd.config.checks import batching_problem, endpoint_problem, normalise_endpoint, reserved_prefix
+from cortexd.config.objects import Api, Batching, Compute, PredictorSpec, Tracker
 from cortexd.config.schema import API_KEYS, COMPUTE_KEYS, PREDICTOR_KINDS, default_of, keys_by_name
 from cortexd.config.walk import Scope, Section
 from cortexd.config.yamlsrc import Mark
@@ -159,6 +159,23 @@ def tracker_of(section: Section) -> Tracker | None:
     return Tracker(model_type=tracker.get("model_type"), key=tracker.get("key"))
 
 
+def batching_of(kind_section: Section, kind: str, scope: Scope) -> tuple[Batching | None, bool]:
+    """(server-side batching, ok): None when not asked for; ok is False after an error.
+
+    The model check runs only on a model that passed its own checks (a local path by now)."""
+    batching: Section | None = kind_section.get("server_side_batching")
+    if batching is None:
+        return None, "server_side_batching" not in kind_section.invalid
+    if batching.invalid or "max_batch_size" not in batching.entries or "batch_interval" not in batching.entries:
+        return None, False  # reported while reading the section
+    if "model" in kind_section.entries:
+        problem = batching_problem(kind, kind_section.get("model"), kind_section.get("signature_key"))
+        if problem is not None:
+            scope.add(kind_section.key_mark("server_side_batching"), f"{kind}.server_side_batching", problem)
+            return None, False
+    return Batching(batching.get("max_batch_size"), batching.get("batch_interval")), True
+
+
 def build_api(section: Section, deployment: str | None, scope: Scope) -> ApiDraft:
     """Apply the API's cross-key rules and build the Api from whatever passed.
 
@@ -173,7 +190,8 @@ def build_api(section: Section, deployment: str | None, scope: Scope) -> ApiDraf
         kind_section: Section = section.get(kind)
         python_path = _python_path(section, kind_section, kind, scope)
         config = _predictor_config(section, kind_section, kind, scope)
-        if name and endpoint and python_path and config is not None and compute is not None:
+        batching, batching_ok = batching_of(kind_section, kind, scope)
+        if name and endpoint and python_path and config is not None and compute is not None and batching_ok:
             api = Api(
                 name=name,
                 endpoint=endpoint,
@@ -188,5 +206,6 @@ def build_api(section: Section, deployment: str | None, scope: Scope) -> ApiDraf
                 tracker=tracker_of(section),
                 compute=compute,
                 metadata=section.get("metadata") or {},
+                batching=batching,
             )
     return ApiDraft(name, section.key_mark("name"), endpoint, endpoint_mark, api)

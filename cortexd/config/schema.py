@@ -38,6 +38,7 @@ TYPE_DOCS: dict[str, str] = {
     "gpu": "<int | float>",
     "mem": "<string | int>",
     "map": "<string: value>",
+    "duration": "<string>",
     "section": "",
 }
 
@@ -63,10 +64,22 @@ DEPLOYMENT_KEYS: tuple[Key, ...] = (
     ),
 )
 
+# Server-side batching (docs/batching.md): the same two keys in python, tensorflow and onnx.
+BATCHING_KEYS: tuple[Key, ...] = (
+    # The frame that carries a batch to a replica (cortexd/batchframe.py) holds up to 65536.
+    Key("max_batch_size", "int", "most requests run together as one batch", required=True,
+        minimum=1, maximum=65536),
+    Key("batch_interval", "duration",
+        "longest wait for more requests after the first one, before a batch that is not full is run "
+        "(\"10ms\", \"0.5s\")", required=True),
+)
+_BATCHING_HELP = "run requests that arrive together as one batch (see docs/batching.md)"
+
 PYTHON_KEYS: tuple[Key, ...] = (
     Key("predictor", "str", "predictor file, relative to the folder holding cortex.yaml",
         required=True, check="predictor_file"),
     Key("config", "map", _CONFIG_HELP),
+    Key("server_side_batching", "section", _BATCHING_HELP, keys=BATCHING_KEYS),
 )
 
 TENSORFLOW_KEYS: tuple[Key, ...] = (
@@ -77,6 +90,7 @@ TENSORFLOW_KEYS: tuple[Key, ...] = (
     Key("signature_key", "str", "signature to serve (required when the model has several)"),
     Key("config", "map", _CONFIG_HELP),
     Key("python_path", "str", _PYTHON_PATH_HELP, check="folder"),
+    Key("server_side_batching", "section", _BATCHING_HELP, keys=BATCHING_KEYS),
 )
 
 ONNX_KEYS: tuple[Key, ...] = (
@@ -85,6 +99,7 @@ ONNX_KEYS: tuple[Key, ...] = (
         check="predictor_file", new=True),
     Key("config", "map", _CONFIG_HELP),
     Key("python_path", "str", _PYTHON_PATH_HELP, check="folder"),
+    Key("server_side_batching", "section", _BATCHING_HELP, keys=BATCHING_KEYS, new=True),
 )
 
 TRACKER_KEYS: tuple[Key, ...] = (

@@ -16,6 +16,7 @@ import yaml
 
 from cortexd.config import quantities
 from cortexd.config.checks import CHECKS
+from cortexd.config.durations import DURATION_ACCEPTED, parse_duration
 from cortexd.config.errors import ConfigIssue
 from cortexd.config.schema import ALIASES, Key, key_homes, keys_by_name
 from cortexd.config.yamlsrc import (
@@ -103,6 +104,8 @@ def expected(key: Key) -> str:
         return quantities.MEM_ACCEPTED
     if key.type == "map":
         return "a mapping of string keys to values"
+    if key.type == "duration":
+        return DURATION_ACCEPTED
     return "a mapping with keys: " + ", ".join(k.name for k in key.keys)
 
 
@@ -163,7 +166,8 @@ def _scalar(key: Key, node: yaml.Node, src: YamlSource) -> tuple[Any, str | None
         if isinstance(value, bool) or not isinstance(value, int):
             return None, f"expected an integer, got {describe(value)}"
         return value, _range_problem(key, value)
-    parse = {"cpu": quantities.parse_cpu, "gpu": quantities.parse_gpu}.get(key.type, quantities.parse_mem)
+    parse = {"cpu": quantities.parse_cpu, "gpu": quantities.parse_gpu, "duration": parse_duration}.get(
+        key.type, quantities.parse_mem)
     try:
         return parse(value), None
     except ValueError as exc:

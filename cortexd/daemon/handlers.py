@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -15,6 +16,7 @@ from cortexd.daemon.fleet.compute import ComputeManager
 from cortexd.daemon.fleet.supervisor import Supervisor
 from cortexd.daemon.observe import views
 from cortexd.daemon.observe.api_logs import log_path, read_tail
+from cortexd.daemon.observe.batch_stats import BatchStats
 from cortexd.daemon.observe.latency import LatencyStats
 from cortexd.daemon.observe.metrics import GpuMetricsState, Metrics, MetricsState, ReplicaGpuMetricsState
 from cortexd.daemon.observe.tracker import PredictionTracker
@@ -31,6 +33,7 @@ class Sources:
     tracker: PredictionTracker
     metrics: Metrics
     stats: dict[str, LatencyStats]  # per API, written by the proxy's observer
+    batches: dict[str, BatchStats]  # per batching API, written by the proxy's observer
     usage: Callable[[], dict[str, views.Usage]]  # the latest readings, per replica
     loop_age: Callable[[], float]  # seconds since the main loop last went round
     loop_errors: Callable[[], int]  # exceptions the main loop survived
@@ -92,8 +95,10 @@ class Handlers:
     # -- helpers -------------------------------------------------------------------------------
 
     def _view(self, snap: views.ApiSnapshot, usage: dict[str, views.Usage]) -> dict[str, Any]:
-        return views.api_view(snap, usage, self.s.proxy.queue_counts(snap.name), self.s.stats.get(snap.name),
+        view = views.api_view(snap, usage, self.s.proxy.queue_counts(snap.name), self.s.stats.get(snap.name),
                               self.s.tracker.summary(snap.name), self.s.compute.replica_gpu)
+        view["batching"] = views.batching_view(snap, self.s.batches.get(snap.name), time.monotonic())
+        return view
 
     @staticmethod
     def _known(name: str, fleet: views.Fleet) -> str:

@@ -37,6 +37,7 @@ from cortexd.daemon.fleet.supervisor import Supervisor, SupervisorSettings
 from cortexd.daemon.handlers import Handlers, Sources
 from cortexd.daemon.observe import views
 from cortexd.daemon.observe.api_logs import ApiLogs
+from cortexd.daemon.observe.batch_stats import BatchStats
 from cortexd.daemon.observe.latency import LatencyStats
 from cortexd.daemon.observe.metrics import Metrics
 from cortexd.daemon.observe.tracker import open_tracker
@@ -69,6 +70,7 @@ class Daemon:
         self.tracker = open_tracker(os.path.join(settings.state_dir, "tracker.db"))
         self.metrics = Metrics()
         self.stats: dict[str, LatencyStats] = {}
+        self.batches: dict[str, BatchStats] = {}  # server-side batching, the last minutes
         self.usage: dict[str, views.Usage] = {}
         self.sampler = ProcessSampler()
         self.compute = ComputeManager(nvml, settings=AutoscaleSettings(
@@ -99,7 +101,7 @@ class Daemon:
         )
         self.handlers = Handlers(Sources(
             supervisor=self.supervisor, proxy=self.proxy, compute=self.compute, tracker=self.tracker,
-            metrics=self.metrics, stats=self.stats, usage=lambda: self.usage, loop_age=self.pump.loop_age,
+            metrics=self.metrics, stats=self.stats, batches=self.batches, usage=lambda: self.usage, loop_age=self.pump.loop_age,
             loop_errors=lambda: self.pump.errors, warnings=lambda: list(self.tracker.warnings),
             reload=self.reload, log_dir=settings.log_dir, stopping=self.stop_requested,
             frameworks=self._frameworks,
@@ -284,10 +286,18 @@ class Daemon:
             self.tracker.forget(name)
         self.metrics.forget(name)
         self.stats.pop(name, None)
+        self.batches.pop(name, None)
         self.proxy.forget(name)
         self.compute.forget_api(name)
 
     # -- ProxyObserver -------------------------------------------------------------------------
+
+    def observe_batch(self, api: str, size: int, trigger: str | None, waits_s: list[float]) -> None:
+        batches = self.batches.get(api)
+        if batches is None:
+            batches = self.batches[api] = BatchStats()
+        batches.record(size, time.monotonic(), trigger, sum(waits_s))
+        self.metrics.batch(api, size, trigger, waits_s)
 
     def observe(self, api: str, status: int, latency_s: float, queue_s: float, body: bytes) -> None:
         stats = self.stats.get(api)

@@ -21,7 +21,8 @@ import time
 import traceback
 from typing import Any
 
-from cortexd import protocol
+from cortexd import batchframe, protocol
+from cortexd.replica import batching
 from cortexd.replica.bodies import BodyError, encode_prediction, parse_body
 from cortexd.protocol import LoadFailed, Ready, ReplicaSpec, StatusMessage, encode_status, read_spec_fd
 from cortexd.replica.predictors import PayloadError, Predictor, PredictorLoadError, load_predictor
@@ -51,8 +52,10 @@ def _log(message: str) -> None:
     sys.stderr.flush()
 
 
-def build_handler(predictor: Predictor) -> Handler:
-    """The replica's requests: POST /predict runs the predictor, GET /info describes it."""
+def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = None) -> Handler:
+    """The replica's requests: POST /predict runs the predictor, GET /info describes it.
+    With server-side batching (`batch`), POST /predict-batch runs a batch frame and
+    POST /predict is a batch of one, so the predictor always sees the batched form."""
     predict = predictor.predict
     predict_path, info_path = protocol.PREDICT_PATH, protocol.INFO_PATH
     loads = parse_body
@@ -62,6 +65,8 @@ def build_handler(predictor: Predictor) -> Handler:
 
     def handle(method: str, path: str, query: str, body: bytes) -> tuple[int, bytes]:
         if path == predict_path and method == "POST":
+            if batch is not None:
+                return batch.one(query, body)
             debug = query.find("debug=true") >= 0
             try:
                 payload = loads(body)
@@ -84,6 +89,8 @@ def build_handler(predictor: Predictor) -> Handler:
             if debug:
                 _log(f"debug: prediction: {_truncate(encoded.decode())}")
             return 200, encoded
+        if path == batchframe.BATCH_PATH and method == "POST" and batch is not None:
+            return batch.frame(body)
         if path == info_path and method == "GET":
             return 200, encode_prediction(predictor.describe())
         return error(404, f"{method} {path} is not served here")
@@ -99,7 +106,7 @@ def _send_status(fd: int, message: StatusMessage) -> None:
 
 
 async def serve(predictor: Predictor, ctx: ReplicaSpec, socket_path: str, status_fd: int) -> None:
-    handler = build_handler(predictor)
+    handler = build_handler(predictor, batching.for_replica(predictor, ctx))
     connections: set[ReplicaProtocol] = set()
     if os.path.exists(socket_path):
         os.unlink(socket_path)

@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from cortexd import model_shapes
 from cortexd.models import ModelFetchError, unpack_local_zip
+from cortexd.replica import batching
 from cortexd.replica.jsonable import InputMismatch, describe_shape, name_mismatch, to_array, to_jsonable
 from cortexd.protocol import ReplicaSpec
 from cortexd.replica.predictors import (
@@ -174,6 +176,27 @@ class ONNXClient:
             # later node fixes): still the payload's fault, so a 400
             raise PayloadError(f"the model rejected the inputs: {exc}") from None
 
+    # -- server-side batching (cortexd/replica/stacking.py, gather.py) --
+
+    def run_arrays(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """session.run on ready inputs; the outputs by name."""
+        try:
+            return dict(zip(self.output_names, self.session.run(None, feeds)))
+        except self._invalid_argument as exc:
+            raise PayloadError(f"the model rejected the inputs: {exc}") from None
+
+    def format_outputs(self, arrays: dict[str, Any]) -> list[Any]:
+        """What `predict` returns, from run_arrays' outputs: the list session.run gives."""
+        return [arrays[name] for name in self.output_names]
+
+    def batch_problem(self) -> str | None:
+        """Why the model cannot take a batch stacked along its first axis, or None. Read from
+        the file: onnxruntime reports scalars and unknown ranks alike."""
+        try:
+            return model_shapes.batch_axis_problem(*model_shapes.onnx_signature(self.model_path))
+        except (OSError, ValueError):
+            return None
+
     def describe(self) -> dict[str, Any]:
         def entry(meta: Any) -> dict[str, Any]:
             dtype = ONNX_TO_NUMPY.get(meta.type, meta.type)
@@ -244,8 +267,10 @@ def load(ctx: ReplicaSpec) -> Predictor:
     if not ctx.model_path:
         raise PredictorLoadError(f"api {ctx.api_name}: onnx.model is required")
     client = ONNXClient(ctx.model_path, ctx.gpus, ctx.cpu, ctx.gpu_mem)
+    batching.require_batchable(ctx, client.batch_problem)
     if not ctx.predictor_path:
-        return _OutputsByName(client)
+        return batching.mark_stacked(_OutputsByName(client), client, ctx)
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
-    instance = construct_user_class(module, "ONNXPredictor", client, ctx.config, ("onnx_client",))
-    return UserPredictor(instance, client.describe)
+    user_client, gatherer = batching.model_client_for(client, ctx)
+    instance = construct_user_class(module, "ONNXPredictor", user_client, ctx.config, ("onnx_client",))
+    return batching.mark_gathered(UserPredictor(instance, client.describe), gatherer)

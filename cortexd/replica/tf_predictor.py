@@ -17,8 +17,10 @@ import sys
 import zipfile
 from typing import Any
 
+from cortexd import model_shapes
 from cortexd.models import ModelFetchError, unpack_local_zip
 from cortexd.replica.gpu_limits import tensorflow_limit
+from cortexd.replica import batching
 from cortexd.replica.jsonable import InputMismatch, name_mismatch, to_array, to_jsonable
 from cortexd.protocol import ReplicaSpec
 from cortexd.replica.predictors import (
@@ -212,6 +214,27 @@ class TensorFlowClient:
             raise PayloadError(f"the model rejected the inputs: {_first_line(exc)}") from None
         return {name: to_jsonable(value.numpy()) for name, value in outputs.items()}
 
+    # -- server-side batching (cortexd/replica/stacking.py, gather.py) --
+
+    def run_arrays(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """The signature on ready inputs; the outputs by name, as numpy arrays."""
+        try:
+            outputs = self._fn(**feeds)
+        except self._errors as exc:
+            raise PayloadError(f"the model rejected the inputs: {_first_line(exc)}") from None
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    def format_outputs(self, arrays: dict[str, Any]) -> dict[str, Any]:
+        """What `predict` returns, from run_arrays' outputs."""
+        return {name: to_jsonable(value) for name, value in arrays.items()}
+
+    def batch_problem(self) -> str | None:
+        """Why the signature cannot take a batch stacked along its first axis, or None."""
+        inputs = {name: shape for name, (_dtype, shape) in self.input_signature.items()}
+        outputs = {name: _spec_shape(spec) for name, spec in self._output_specs.items()}
+        problem = model_shapes.batch_axis_problem(inputs, outputs)
+        return None if problem is None else f"signature {self.signature_key!r}: {problem}"
+
     def describe(self) -> dict[str, Any]:
         def entry(name: str, spec: Any) -> dict[str, Any]:
             shape = _spec_shape(spec)
@@ -239,10 +262,12 @@ def load(ctx: ReplicaSpec) -> Predictor:
     if not ctx.model_path:
         raise PredictorLoadError(f"api {ctx.api_name}: tensorflow.model is required")
     client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu, ctx.gpu_mem if ctx.gpus else None)
+    batching.require_batchable(ctx, client.batch_problem)
     if not ctx.predictor_path:  # the API answers the signature's outputs by name
-        return UserPredictor(client, client.describe)
+        return batching.mark_stacked(UserPredictor(client, client.describe), client, ctx)
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
+    user_client, gatherer = batching.model_client_for(client, ctx)
     instance = construct_user_class(
-        module, "TensorFlowPredictor", client, ctx.config, ("tensorflow_client", "tf_client")
+        module, "TensorFlowPredictor", user_client, ctx.config, ("tensorflow_client", "tf_client")
     )
-    return UserPredictor(instance, client.describe)
+    return batching.mark_gathered(UserPredictor(instance, client.describe), gatherer)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from cortexd.config import Api
+from cortexd.config import Api, Batching
 from cortexd.daemon.fleet.events import ReplicaDrained
 from cortexd.daemon.fleet.state import DRAINING, READY, STARTING, STOPPING, ApiEntry, Generation, Replica, ReplicaHandle, Version
 
@@ -30,7 +30,8 @@ class Spawner(Protocol):
 
 
 class Router(Protocol):
-    def replica_ready(self, api: str, replica_id: str, socket_path: str, generation: int, slots: int) -> None: ...
+    def replica_ready(self, api: str, replica_id: str, socket_path: str, generation: int, slots: int,
+                      batching: Batching | None) -> None: ...
 
     def drain(self, api: str, replica_id: str, on_drained: Callable[[], None]) -> None: ...
 

@@ -156,6 +156,7 @@ def replica_spec(request: SpawnRequest) -> protocol.ReplicaSpec:
         gpus=list(range(len(request.gpus))),
         cpu=api.compute.cpu,
         gpu_share=(min(1.0, api.compute.gpu) if request.gpus else 0.0),
+        max_batch_size=api.batching.max_batch_size if api.batching is not None else 0,
         gpu_mem=api.compute.gpu_mem if request.gpus else None,
     )
 

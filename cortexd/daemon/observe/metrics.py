@@ -2,7 +2,8 @@
 
 Two kinds of series:
 - per-request counters and histograms, updated by the proxy through `Metrics.request`
-  (plain numbers per API, so the hot path is a dict lookup, two bisects and a few increments);
+  (plain numbers per API, so the hot path is a dict lookup, two bisects and a few increments),
+  and per batch for APIs with server-side batching, through `Metrics.batch`;
 - gauges read at scrape time from a provider callback the daemon installs
   (`set_state_provider`), so in-flight counts, replica states, GPU readings and tracker
   figures are never copied on the hot path and are always current when scraped.
@@ -31,6 +32,10 @@ log = logging.getLogger("cortexd.metrics")
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Waiting for an idle replica: usually well under a millisecond, seconds under overload.
 QUEUE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Requests per batch (server-side batching): powers of two up to well past any sane max_batch_size.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# A request's wait for its batch: batch_interval is typically 1-100 ms; seconds under overload.
+BATCH_WAIT_BUCKETS = QUEUE_BUCKETS
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,19 @@ class _ApiSeries:
         self.queue_sum = 0.0
 
 
+class _BatchSeries:
+    """Batches of one batching API: the size histogram, the per-request wait and the triggers."""
+
+    __slots__ = ("size_buckets", "size_sum", "wait_buckets", "wait_sum", "triggers")
+
+    def __init__(self) -> None:
+        self.size_buckets = [0] * (len(BATCH_SIZE_BUCKETS) + 1)
+        self.size_sum = 0
+        self.wait_buckets = [0] * (len(BATCH_WAIT_BUCKETS) + 1)
+        self.wait_sum = 0.0
+        self.triggers: dict[str, int] = {}
+
+
 class Metrics:
     """The daemon's metrics; `request` is called once per answered request on the event loop.
 
@@ -106,8 +124,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._series: dict[str, _ApiSeries] = {}
+        self._batches: dict[str, _BatchSeries] = {}
         self._provider: StateProvider | None = None
         self.registry.register(_RequestCollector(self))
+        self.registry.register(_BatchCollector(self))
         self.registry.register(_StateCollector(self))
 
     def request(self, api: str, code: int, latency_s: float, queue_s: float) -> None:
@@ -122,9 +142,29 @@ class Metrics:
         series.queue_buckets[bisect_left(QUEUE_BUCKETS, queue_s)] += 1
         series.queue_sum += queue_s
 
+    def batch(self, api: str, size: int, trigger: str | None, waits_s: Sequence[float]) -> None:
+        """Count one batch of `api` sent to a replica: its size, why it went (the batcher's
+        trigger: "full", "interval", "freed") and each of its requests' wait, in seconds,
+        from entering the queue to the batch being sent."""
+        series = self._batches.get(api)
+        if series is None:
+            series = self._batches[api] = _BatchSeries()
+        series.size_buckets[bisect_left(BATCH_SIZE_BUCKETS, size)] += 1
+        series.size_sum += size
+        buckets = series.wait_buckets
+        for wait in waits_s:
+            buckets[bisect_left(BATCH_WAIT_BUCKETS, wait)] += 1
+        series.wait_sum += sum(waits_s)
+        if trigger is not None:
+            series.triggers[trigger] = series.triggers.get(trigger, 0) + 1
+
     def forget(self, api: str) -> None:
         """Drop the series of an API removed from cortex.yaml."""
         self._series.pop(api, None)
+        self._batches.pop(api, None)
+
+    def batch_series(self) -> list[tuple[str, _BatchSeries]]:
+        return sorted(list(self._batches.items()), key=lambda item: item[0])
 
     def series(self) -> list[tuple[str, _ApiSeries]]:
         # list(dict.items()) is one C call under the GIL: safe against `request` adding an API.
@@ -186,6 +226,45 @@ class _RequestCollector(Collector):
 
 _REQUEST_LE = [floatToGoString(b) for b in REQUEST_BUCKETS] + ["+Inf"]
 _QUEUE_LE = [floatToGoString(b) for b in QUEUE_BUCKETS] + ["+Inf"]
+_BATCH_SIZE_LE = [floatToGoString(b) for b in BATCH_SIZE_BUCKETS] + ["+Inf"]
+_BATCH_WAIT_LE = [floatToGoString(b) for b in BATCH_WAIT_BUCKETS] + ["+Inf"]
+
+
+class _BatchCollector(Collector):
+    """Server-side batching: only APIs that sent a batch have these series."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def _families(self) -> tuple[HistogramMetricFamily, HistogramMetricFamily, CounterMetricFamily]:
+        return (
+            HistogramMetricFamily(
+                "cortexd_inference_batch_size",
+                "Requests per batch sent to a replica, by API (server-side batching).", labels=["api"]),
+            HistogramMetricFamily(
+                "cortexd_inference_batch_wait_seconds",
+                "Time a request of a batching API waited from entering the queue until its batch was sent "
+                "(the batch interval, plus waiting for a busy replica), by API.", labels=["api"]),
+            CounterMetricFamily(
+                "cortexd_inference_batches",
+                "Batches sent, by API and why: full (max_batch_size reached), interval (batch_interval "
+                "passed since the first waiting request), freed (a replica finished while requests waited).",
+                labels=["api", "trigger"]),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        size, wait, batches = self._families()
+        for api, series in self._metrics.batch_series():
+            size.add_metric([api], _cumulative(_BATCH_SIZE_LE, list(series.size_buckets)), series.size_sum)
+            wait.add_metric([api], _cumulative(_BATCH_WAIT_LE, list(series.wait_buckets)), series.wait_sum)
+            for trigger, count in sorted(dict(series.triggers).items()):
+                batches.add_metric([api, trigger], count)
+        yield size
+        yield wait
+        yield batches
 
 
 def _cumulative(les: list[str], counts: list[int]) -> list[tuple[str, float]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from cortexd.daemon.fleet.snapshot import ApiSnapshot, Fleet
 from cortexd.daemon.fleet.state import LastError
+from cortexd.daemon.observe.batch_stats import BatchStats
 from cortexd.daemon.observe.latency import LatencyStats
 from cortexd.daemon.observe.metrics import ApiMetricsState, GpuMetricsState, MetricsState, ReplicaGpuMetricsState
 from cortexd.daemon.systemd import status_line as systemd_status_line
@@ -68,6 +69,18 @@ def api_view(
         "metrics": (stats or LatencyStats()).snapshot(),
         "queue": {"in_flight": queue[0], "queued": queue[1]},
         "tracker": tracker,
+    }
+
+
+def batching_view(snap: ApiSnapshot, batches: BatchStats | None, now: float) -> dict[str, Any] | None:
+    """Server-side batching of the API: its two settings and the batches of the last minutes."""
+    batching = snap.spec.batching
+    if batching is None:
+        return None
+    return {
+        **(batches or BatchStats()).summary(now),
+        "max_batch_size": batching.max_batch_size,
+        "batch_interval_s": batching.batch_interval_s,
     }
 
 

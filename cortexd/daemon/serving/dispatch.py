@@ -18,6 +18,14 @@ owner of replica state) and takes the supervisor's word:
 - the supervisor adds replicas when ready (`add`), takes them out when they die (`remove`)
   or drain (`drain`: they finish what they hold, then the callback fires), and says whether
   requests should wait for a replacement while there is none (`set_hold_when_empty`).
+
+Server-side batching is a property of each replica (`ReplicaLink.batching`: its version's
+server_side_batching, so during a reload that turns batching on or off old and new replicas
+serve side by side). A batching replica's slot takes several waiting jobs at once, as one
+`POST /predict-batch` (cortexd/batchframe.py); which jobs and when is decided by the pure
+former in batcher.py, asked when a job arrives while a batching slot is idle, when a batching
+slot finishes, and when the former's wake-up timer fires. Jobs keep their deadlines while
+they wait for a batch and while their batch runs.
 Everything here runs on the daemon's one event loop.
 """
 
@@ -25,11 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import time
 from collections import deque
 from typing import Callable, Sequence
 
+from cortexd import batchframe
+from cortexd.config.objects import Batching
 from cortexd.daemon.fleet.events import Event, ReplicaLost, ReplicaOverdue
+from cortexd.daemon.serving.batcher import next_batch
 from cortexd.daemon.serving.upstream import UpstreamConnection, UpstreamError
 
 
@@ -60,22 +72,32 @@ class Unreachable(Exception):
 class Job:
     """One request on its way through the queue: its outcome is `future`."""
 
-    __slots__ = ("target", "body", "future", "deadline", "timeout_s", "created", "dispatched_at", "slot", "timer",
-                 "retried")
+    __slots__ = ("target", "body", "future", "deadline", "arrived", "timeout_s", "created", "dispatched_at", "slot",
+                 "timer", "retried")
 
     def __init__(self, target: str, body: bytes, future: asyncio.Future[tuple[int, bytes]], deadline: float,
-                 timeout_s: float) -> None:
+                 arrived: float) -> None:
         self.target = target
         self.body = body
         self.future = future
         self.deadline = deadline  # loop time
-        self.timeout_s = timeout_s
+        self.arrived = arrived  # loop time it entered the queue (a batch interval counts from it)
+        self.timeout_s = deadline - arrived
         # perf_counter stamps (the loop's clock has millisecond resolution under uvloop)
         self.created = time.perf_counter()
         self.dispatched_at: float | None = None  # when it was written to a replica
         self.slot: Slot | None = None  # the slot holding it
         self.timer: asyncio.TimerHandle | None = None
         self.retried = False
+
+    @property
+    def alive(self) -> bool:
+        """Still waiting for its outcome (for the batch former)."""
+        return not self.future.done()
+
+
+# (the jobs of a batch just sent, why it was sent: "full" | "interval" | "freed", loop time)
+BatchObserver = Callable[[list[Job], "str | None", float], None]
 
 
 class LinkState(enum.Enum):
@@ -85,20 +107,25 @@ class LinkState(enum.Enum):
 
 
 class Slot:
-    __slots__ = ("link", "conn", "job")
+    """One connection to a replica, carrying one exchange at a time: a request, or a batch."""
+
+    __slots__ = ("link", "conn", "jobs", "framed")
 
     def __init__(self, link: ReplicaLink, conn: UpstreamConnection) -> None:
         self.link = link
         self.conn = conn
-        self.job: Job | None = None
+        self.jobs: list[Job] = []  # what it holds (empty: free)
+        self.framed = False  # the exchange is a batch frame
 
 
 class ReplicaLink:
     """The proxy's view of one ready replica: its slots (connections) and state."""
 
-    def __init__(self, replica_id: str, conns: UpstreamConnection | Sequence[UpstreamConnection], generation: int) -> None:
+    def __init__(self, replica_id: str, conns: UpstreamConnection | Sequence[UpstreamConnection], generation: int,
+                 batching: Batching | None = None) -> None:
         self.replica_id = replica_id
         self.generation = generation
+        self.batching = batching  # it takes batches (POST /predict-batch), formed by batcher.py
         if isinstance(conns, UpstreamConnection) or not isinstance(conns, Sequence):
             conns = [conns]
         self.slots = [Slot(self, conn) for conn in conns]
@@ -108,7 +135,7 @@ class ReplicaLink:
 
     @property
     def busy(self) -> bool:
-        return any(slot.job is not None for slot in self.slots)
+        return any(slot.jobs for slot in self.slots)
 
 
 def _ignore(event: Event) -> None:
@@ -127,6 +154,9 @@ class ApiQueue:
         # While a replacement for a lost replica is starting, requests wait for it (up to
         # their deadline) instead of failing with 503; the supervisor turns this on and off.
         self.hold_when_empty = False
+        self.on_batch: BatchObserver | None = None  # told of every batch sent (metrics, `cortexd get`)
+        self._batch_timer: asyncio.TimerHandle | None = None  # the former's wake-up, if one is due
+        self._batch_timer_at = 0.0
 
     @property
     def queued(self) -> int:
@@ -142,23 +172,30 @@ class ApiQueue:
         or Unreachable; call `abandon` if the caller stops waiting for it.
         """
         loop = asyncio.get_running_loop()
+        now = loop.time()
         slot = None
         idle = self.idle
         while idle and slot is None:
             candidate = idle.popleft()
-            if candidate.link.state is LinkState.SERVING and candidate.job is None:
+            if candidate.link.state is LinkState.SERVING and not candidate.jobs:
                 slot = candidate
+        batching_idle = slot is not None and slot.link.batching is not None
+        if batching_idle:
+            idle.appendleft(slot)  # type: ignore[arg-type]  # a batching slot takes jobs through the former
+            slot = None
         if slot is None:
             if not self.links and not self.hold_when_empty:
                 raise NoReplicas()
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull()
-        job = Job(target, body, loop.create_future(), deadline, deadline - loop.time())
+        job = Job(target, body, loop.create_future(), deadline, now)
         job.timer = loop.call_at(deadline, self._expire, job)
         if slot is not None:
             self._send(slot, job)
         else:
             self.waiting.append(job)
+            if batching_idle:
+                self._form_batches(now)
         return job
 
     def abandon(self, job: Job) -> None:
@@ -175,43 +212,63 @@ class ApiQueue:
             pass
 
     def _send(self, slot: Slot, job: Job) -> None:
-        slot.job = job
+        slot.jobs = [job]
+        slot.framed = False
         job.slot = slot
         job.dispatched_at = time.perf_counter()
         self.in_flight += 1
         slot.conn.send(job.target, job.body)
 
+    def _send_batch(self, slot: Slot, jobs: list[Job], now: float, trigger: str | None) -> None:
+        slot.jobs = jobs
+        slot.framed = True
+        stamp = time.perf_counter()
+        for job in jobs:
+            job.slot = slot
+            job.dispatched_at = stamp
+        self.in_flight += len(jobs)
+        # The bodies go as the clients sent them: no JSON is parsed or built here.
+        frame = batchframe.encode_request([(job.target.partition("?")[2], b"", job.body) for job in jobs])
+        slot.conn.send(batchframe.BATCH_PATH, frame)
+        if self.on_batch is not None:
+            self.on_batch(jobs, trigger, now)
+
     def _answered(self, slot: Slot, status: int, payload: bytes) -> None:
-        job = slot.job
-        if job is None:
+        jobs = slot.jobs
+        if not jobs:
             return
-        slot.job = None
-        self.in_flight -= 1
-        _stop_timer(job)
-        if not job.future.done():  # else it timed out or its client left: the answer goes nowhere
-            job.future.set_result((status, payload))
+        slot.jobs = []
+        self.in_flight -= len(jobs)
+        answers = _batch_answers(status, payload, len(jobs)) if slot.framed else ((status, payload),)
+        for job, answer in zip(jobs, answers):
+            _stop_timer(job)
+            if not job.future.done():  # else it timed out or its client left: the answer goes nowhere
+                job.future.set_result(answer)
         self.release(slot)
 
     def _failed(self, slot: Slot, error: UpstreamError) -> None:
-        link, job = slot.link, slot.job
-        slot.job = None
+        link, jobs = slot.link, slot.jobs
+        slot.jobs = []
         if link.state is LinkState.SERVING:
             link.state = LinkState.FAILED
             self.report(ReplicaLost(link.replica_id, str(error)))
         self._finish_drain_if_idle(link)
-        if job is None:
+        self.in_flight -= len(jobs)
+        retry: list[Job] = []
+        for job in jobs:
+            job.slot = None
+            if job.future.done():
+                continue
+            if job.retried:
+                self._settle(job, ReplicaFailed(str(error)) if error.sent else Unreachable(str(error)))
+                continue
+            # Once more, at the head of the queue: the replica died under it (or was never reached).
+            job.retried = True
+            job.dispatched_at = None
+            retry.append(job)
+        if not retry:
             return
-        self.in_flight -= 1
-        job.slot = None
-        if job.future.done():
-            return
-        if job.retried:
-            self._settle(job, ReplicaFailed(str(error)) if error.sent else Unreachable(str(error)))
-            return
-        # Once more, at the head of the queue: the replica died under it (or was never reached).
-        job.retried = True
-        job.dispatched_at = None
-        self.waiting.appendleft(job)
+        self.waiting.extendleft(reversed(retry))  # in their order, ahead of later arrivals
         self._pump()
         if not self.links and not self.hold_when_empty:
             self._fail_waiters()
@@ -239,17 +296,28 @@ class ApiQueue:
             job.future.set_exception(exc)
 
     def _pump(self) -> None:
-        """Hand waiting jobs to idle slots (after a job was put back at the head)."""
-        while self.waiting and self.idle:
-            slot = self.idle.popleft()
-            if slot.link.state is LinkState.SERVING and slot.job is None:
+        """Hand waiting jobs to idle slots (after jobs were put back at the head)."""
+        for slot in [s for s in self.idle if s.link.batching is None]:
+            if not self.waiting:
+                return
+            self.idle.remove(slot)
+            if slot.link.state is LinkState.SERVING and not slot.jobs:
                 self.release(slot)
+        if self.waiting:  # jobs put back have waited their interval already: they go at once
+            self._form_batches(asyncio.get_running_loop().time(), freed=True)
 
     def release(self, slot: Slot) -> None:
-        """The slot is free: give it the next waiting job, else mark it idle."""
+        """The slot is free: give it the next waiting job (or batch), else mark it idle."""
         link = slot.link
         if link.state is not LinkState.SERVING:
             self._finish_drain_if_idle(link)
+            return
+        if link.batching is not None:
+            now = asyncio.get_running_loop().time()
+            if self.waiting and self._offer(slot, now, freed=True):
+                self._form_batches(now)  # more may be due for other idle batching slots
+            else:
+                self.idle.append(slot)
             return
         waiting = self.waiting
         while waiting:
@@ -258,6 +326,50 @@ class ApiQueue:
                 self._send(slot, job)
                 return
         self.idle.append(slot)
+
+    # -- server-side batching -------------------------------------------------------------
+
+    def _offer(self, slot: Slot, now: float, freed: bool) -> bool:
+        """Ask the former whether the batching slot takes a batch now; send it if so.
+        False: nothing sent (and the former's wake-up is armed when jobs wait)."""
+        batching = slot.link.batching
+        assert batching is not None
+        decision = next_batch(self.waiting, max_batch_size=batching.max_batch_size,
+                              interval_s=batching.batch_interval_s, now=now, freed=freed)
+        for _ in range(decision.scanned):
+            self.waiting.popleft()
+        for job in decision.expired:  # its own timer is due in this very loop turn: answer it now
+            _stop_timer(job)
+            self._settle(job, DeadlineExceeded())
+        if not decision.send:
+            self._arm_batch_timer(decision.wake_at)
+            return False
+        self._send_batch(slot, list(decision.send), now, decision.trigger)
+        return True
+
+    def _form_batches(self, now: float, freed: bool = False) -> None:
+        """Idle batching slots take batches while the former says so (`freed`: as if each had
+        just finished: whatever waits goes at once)."""
+        while self.waiting:
+            slot = next((s for s in self.idle if s.link.state is LinkState.SERVING and not s.jobs
+                         and s.link.batching is not None), None)
+            if slot is None or not self._offer(slot, now, freed=freed):
+                return
+            self.idle.remove(slot)
+
+    def _arm_batch_timer(self, wake_at: float | None) -> None:
+        if wake_at is None:
+            return
+        if self._batch_timer is not None:
+            if self._batch_timer_at <= wake_at:
+                return  # an earlier wake-up is set; it re-arms for this one if still needed
+            self._batch_timer.cancel()
+        self._batch_timer_at = wake_at
+        self._batch_timer = asyncio.get_running_loop().call_at(wake_at, self._batch_timer_fired)
+
+    def _batch_timer_fired(self) -> None:
+        self._batch_timer = None
+        self._form_batches(asyncio.get_running_loop().time())
 
     # -- membership (driven by the supervisor) ------------------------------------------
 
@@ -276,6 +388,7 @@ class ApiQueue:
             return
         if link.state is LinkState.SERVING:
             link.state = LinkState.DRAINING
+        self._forget_idle(link)
         link.on_drained = on_drained
         self._finish_drain_if_idle(link)
         if not self.links and not self.hold_when_empty:
@@ -288,6 +401,7 @@ class ApiQueue:
         if link is not None:
             link.state = LinkState.FAILED
             link.on_drained = None
+            self._forget_idle(link)
             for slot in link.slots:
                 slot.conn.close()
         if not self.links and not self.hold_when_empty:
@@ -297,6 +411,10 @@ class ApiQueue:
         self.hold_when_empty = hold
         if not hold and not self.links:
             self._fail_waiters()
+
+    def _forget_idle(self, link: ReplicaLink) -> None:
+        if any(slot.link is link for slot in self.idle):
+            self.idle = deque(slot for slot in self.idle if slot.link is not link)
 
     def _finish_drain_if_idle(self, link: ReplicaLink) -> None:
         if link.state is LinkState.SERVING or link.busy:
@@ -311,6 +429,18 @@ class ApiQueue:
         """No replica is left to serve the queue: answer waiters now rather than at their deadline."""
         while self.waiting:
             self._settle(self.waiting.popleft(), NoReplicas())
+
+
+def _batch_answers(status: int, payload: bytes, count: int) -> Sequence[tuple[int, bytes]]:
+    """Each job's (status, body) from a batch exchange's answer. A non-200 answer (the replica
+    refused the frame) stands for every job of the batch."""
+    if status != 200:
+        return [(status, payload)] * count
+    try:
+        return batchframe.decode_answer(payload, expected=count)
+    except batchframe.FrameError as exc:
+        body = json.dumps({"error": f"the replica's answer to the batch is malformed: {exc}"}).encode()
+        return [(500, body)] * count
 
 
 def _stop_timer(job: Job) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from cortexd import protocol
+from cortexd.config import Batching
 from cortexd.daemon.fleet.events import Event
 from cortexd.daemon.serving.dispatch import (
     ApiQueue,
@@ -45,6 +46,8 @@ class ProxyObserver(Protocol):
     """Told about every answered prediction request (stats, metrics, tracker)."""
 
     def observe(self, api: str, status: int, latency_s: float, queue_s: float, body: bytes) -> None: ...
+
+    def observe_batch(self, api: str, size: int, trigger: str | None, waits_s: list[float]) -> None: ...
 
 
 @dataclass
@@ -111,13 +114,20 @@ class Proxy:
         q = self.queues.get(api)
         if q is None:
             q = self.queues[api] = ApiQueue(api, self.settings.max_queue, self.report)
+            observer = self.observer
+            if observer is not None:
+                def on_batch(jobs: list[Job], trigger: str | None, now: float) -> None:
+                    observer.observe_batch(api, len(jobs), trigger, [now - job.arrived for job in jobs])
+
+                q.on_batch = on_batch
         return q
 
     # -- Router protocol (the supervisor) -----------------------------------------------
 
-    def replica_ready(self, api: str, replica_id: str, socket_path: str, generation: int, slots: int = 1) -> None:
+    def replica_ready(self, api: str, replica_id: str, socket_path: str, generation: int, slots: int = 1,
+                      batching: Batching | None = None) -> None:
         conns = [UpstreamConnection(socket_path) for _ in range(max(1, slots))]
-        self._queue(api).add(ReplicaLink(replica_id, conns, generation))
+        self._queue(api).add(ReplicaLink(replica_id, conns, generation, batching))
 
     def drain(self, api: str, replica_id: str, on_drained: Callable[[], None]) -> None:
         q = self.queues.get(api)
