@@ -3,6 +3,10 @@
 Lines are prefixed with the time and the replica id (or "cortexd"), written to
 <log_dir>/<api>.log and rotated by size. The last lines of each replica are also kept in
 memory, so a crash's reason (its traceback) can go into the API's last_error.
+
+Logs may hold request bodies (`?debug=true`) and tracebacks with data in them: the folder is
+0750 and every file 0640 whatever the umask, opened without following symlinks and only if
+it is the daemon's own file (cortexd/safefs.py).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import os
 import time
 from collections import deque
 from typing import IO
+
+from cortexd import safefs
 
 MAX_BYTES = 10 * 1024 * 1024
 BACKUPS = 3
@@ -23,8 +29,7 @@ def log_path(log_dir: str, api: str) -> str:
 
 class ApiLogs:
     def __init__(self, log_dir: str, max_bytes: int = MAX_BYTES, backups: int = BACKUPS) -> None:
-        self.log_dir = log_dir
-        os.makedirs(log_dir, exist_ok=True)
+        self.log_dir = safefs.ensure_dir(log_dir, safefs.DIR_MODE)
         self.max_bytes = max_bytes
         self.backups = backups
         self._files: dict[str, IO[str]] = {}
@@ -52,7 +57,7 @@ class ApiLogs:
     def _file(self, api: str) -> IO[str]:
         f = self._files.get(api)
         if f is None:
-            f = self._files[api] = open(log_path(self.log_dir, api), "a", encoding="utf-8")
+            f = self._files[api] = safefs.open_append(log_path(self.log_dir, api), safefs.FILE_MODE)
         return f
 
     def _rotate(self, api: str) -> None:

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Union
 
+from cortexd import safefs
+
 if TYPE_CHECKING:
     from cortexd.config import Tracker
 
@@ -178,8 +180,14 @@ class PredictionTracker:
         self._forgotten: set[str] = set()    # rows to delete at the next flush
         self._last_prune_minute: int | None = None
         self._closed = False
-        parent = os.path.dirname(os.path.abspath(db_path))
-        os.makedirs(parent, exist_ok=True)
+        # The database holds what predictions said: 0640 in a 0750 folder whatever the umask.
+        # SQLite gives its -wal and -shm files the database file's mode.
+        parent = safefs.ensure_dir(os.path.dirname(os.path.abspath(db_path)), safefs.DIR_MODE)
+        db_path = os.path.join(parent, os.path.basename(db_path))
+        safefs.prepare_file(db_path, safefs.FILE_MODE)
+        for suffix in ("-wal", "-shm"):
+            if os.path.lexists(db_path + suffix):
+                safefs.prepare_file(db_path + suffix, safefs.FILE_MODE)
         # check_same_thread=False: the daemon registers from the loop and flushes from a thread;
         # _db_lock makes that use sequential.
         self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=10.0)
