@@ -42,6 +42,10 @@ class ReplicaSpec:
     python_path: str
     gpus: list[int] = field(default_factory=list)  # indices as seen through CUDA_VISIBLE_DEVICES
     cpu: float = 0.2
+    # How predictions go out (cortexd/replica/bodies.py render_prediction): NaN/Infinity as
+    # null instead of a 500, and a str as text/plain (Cortex v0.18 on) instead of a JSON string.
+    nan_as_null: bool = False
+    str_as_text: bool = False
 
 
 @dataclass(frozen=True)

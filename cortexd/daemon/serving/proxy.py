@@ -24,6 +24,7 @@ from cortexd.daemon.serving.dispatch import (
     ReplicaLink,
     Unreachable,
 )
+from cortexd.daemon.serving.answers import head_too_large
 from cortexd.daemon.serving.upstream import UpstreamConnection
 
 log = logging.getLogger("cortexd.proxy")
@@ -61,7 +62,7 @@ class ApiDirectory(Protocol):
 @dataclass
 class Answer:
     status: int
-    body: bytes
+    body: bytes  # plain bytes: JSON; an answers.TypedPayload: its own content type and headers
     headers: dict[str, str] | None = None
 
 
@@ -214,6 +215,7 @@ class Proxy:
 
     def build_app(self, name: str = "cortexd") -> Any:
         from sanic import Sanic
+        from sanic.compat import Header
         from sanic.exceptions import SanicException
         from sanic.response import HTTPResponse
 
@@ -232,7 +234,15 @@ class Proxy:
             headers = dict(cors)
             if answer.headers:
                 headers.update(answer.headers)
-            return HTTPResponse(answer.body, status=answer.status, headers=headers, content_type=JSON)
+            body = answer.body
+            if type(body) is bytes:  # JSON: the hot path
+                return HTTPResponse(body, status=answer.status, headers=headers, content_type=JSON)
+            # A prediction that is not JSON (bytes, text, a Response): the replica's content
+            # type and headers (serving/answers.py); ours (CORS, Retry-After) come first.
+            return HTTPResponse(
+                bytes(body), status=answer.status, content_type=getattr(body, "content_type", JSON),
+                headers=Header(list(headers.items()) + list(getattr(body, "headers", ()))),
+            )
 
         def json_response(status: int, obj: Any, headers: dict[str, str] | None = None) -> HTTPResponse:
             return respond(Answer(status, json.dumps(obj).encode(), headers))
@@ -279,7 +289,11 @@ class Proxy:
         async def sanic_error(request: Any, exc: SanicException) -> HTTPResponse:
             status = getattr(exc, "status_code", 500) or 500
             message = str(exc) or getattr(exc, "message", "") or "error"
-            if status == 413:
+            if status == 413 and "header" in message.lower():
+                # Sanic says 413 for a head over its limit: 414 when the URL alone is, else 431.
+                stream = getattr(request, "stream", None)
+                status, message = head_too_large(getattr(stream, "recv_buffer", None), request.app.config.REQUEST_MAX_HEADER_SIZE)
+            elif status == 413:
                 message = f"request body is larger than the limit ({self.settings.max_body_bytes} bytes)"
             return json_response(status, {"error": message})
 
