@@ -8,10 +8,9 @@ folder made afresh, with an unpredictable name, at every start (`new_replica_soc
 
 from __future__ import annotations
 
-import errno
+import fcntl
 import os
 import shutil
-import socket
 import stat
 from dataclasses import dataclass
 
@@ -106,18 +105,44 @@ def socket_dir_parent(runtime_dir: str, tmp: str = "/tmp") -> str:
     return tmp
 
 
-def new_replica_socket_dir(runtime_dir: str) -> str:
+LOCK_NAME = ".lock"
+
+
+@dataclass
+class SocketDir:
+    """This start's replica socket folder, and the lock that marks it as in use: a flock the
+    kernel drops when the daemon dies, however it dies."""
+
+    path: str
+    lock_fd: int
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        try:
+            os.close(self.lock_fd)
+        except OSError:
+            pass
+
+
+def new_replica_socket_dir(runtime_dir: str) -> SocketDir:
     """A new private folder (0700, unpredictable name) for this start's replica sockets.
-    Leftovers of earlier starts that no replica listens in any more are removed first."""
+    Leftovers of earlier starts (their daemon is gone: nobody holds their lock) are removed."""
     parent = socket_dir_parent(runtime_dir)
     prefix = SOCKET_DIR_PREFIX if parent == runtime_dir else TMP_SOCKET_DIR_PREFIX
     remove_stale_socket_dirs(parent, prefix)
-    return safefs.private_tempdir(parent, prefix)
+    path = safefs.private_tempdir(parent, prefix)
+    # Locked under a temporary name, then renamed: a folder with LOCK_NAME is always locked
+    # while its daemon lives, so a scan never mistakes a starting daemon's folder for stale.
+    pending = os.path.join(path, LOCK_NAME + ".new")
+    fd = safefs.create_new(pending, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(pending, os.path.join(path, LOCK_NAME))
+    return SocketDir(path, fd)
 
 
 def remove_stale_socket_dirs(parent: str, prefix: str) -> list[str]:
-    """Remove socket folders of ours (owner, prefix) in which no socket accepts a connection:
-    a daemon killed with SIGKILL leaves its folder; its replicas died with it."""
+    """Remove socket folders of ours (owner, prefix) whose lock nobody holds: a daemon killed
+    with SIGKILL leaves its folder (its replicas died with it)."""
     removed: list[str] = []
     euid = os.geteuid()
     try:
@@ -130,29 +155,21 @@ def remove_stale_socket_dirs(parent: str, prefix: str) -> list[str]:
             st = os.lstat(path)
         except OSError:
             continue
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid:
-            continue
-        if any(_listening(os.path.join(path, s)) for s in _names(path) if s.endswith(".sock")):
-            continue  # another daemon (same runtime folder) is using it
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == euid and _abandoned(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 
-def _names(path: str) -> list[str]:
+def _abandoned(folder: str) -> bool:
     try:
-        return os.listdir(path)
+        fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return []
-
-
-def _listening(path: str) -> bool:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(0.5)
+        return False  # no lock yet (being made) or not ours to judge: leave it
     try:
-        sock.connect(path)
-        return True
-    except OSError as exc:
-        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # held: its daemon is running
     finally:
-        sock.close()
+        os.close(fd)
+    return True

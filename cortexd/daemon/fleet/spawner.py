@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -73,8 +72,9 @@ class ProcessSpawner:
         cgroups: ReplicaCgroups | None = None,
     ) -> None:
         # A new private folder at every start (cortexd/paths.py), removed when the spawner goes.
-        self.dir = replica_socket_dir(runtime_dir)
-        self._remove_dir = weakref.finalize(self, shutil.rmtree, self.dir, True)
+        socket_dir = replica_socket_dir(runtime_dir)
+        self.dir = socket_dir.path
+        self._remove_dir = weakref.finalize(self, socket_dir.remove)
         self._post = post
         self._output = output  # (api, replica_id, line)
         self._gpu_env = gpu_env
@@ -166,7 +166,7 @@ def replica_spec(request: SpawnRequest) -> protocol.ReplicaSpec:
     )
 
 
-def replica_socket_dir(runtime_dir: str) -> str:
+def replica_socket_dir(runtime_dir: str) -> paths.SocketDir:
     """Make this start's replica socket folder: checked runtime folder, then a new 0700
     folder with an unpredictable name inside it (or in /tmp when the runtime folder's path
     is too long for socket names). Never a predictable, reusable path."""

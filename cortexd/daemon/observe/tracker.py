@@ -284,6 +284,10 @@ class PredictionTracker:
         track = self._apis.get(api)
         if track is None:
             return
+        if type(body) is not bytes and str(getattr(body, "content_type", "")).startswith("text/plain"):
+            # A str prediction sent as text (serving/answers.py): the label itself.
+            self.observe(api, bytes(body).decode("utf-8", "replace"))
+            return
         try:
             prediction = _loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
