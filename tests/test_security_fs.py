@@ -107,6 +107,23 @@ def test_non_root_default_runtime_dir_is_never_in_tmp(monkeypatch: pytest.Monkey
 # ---------------------------------------------------------------- folders on disk
 
 
+def test_a_non_root_users_default_folders_are_made_private(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """What `cortexd serve` does with no folder options as a user without a login session
+    (tests/test_security_daemon.py runs a real daemon as a second user where it can)."""
+    for var in ("CORTEXD_RUNTIME_DIR", "RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR", "STATE_DIRECTORY",
+                "XDG_STATE_HOME", "LOGS_DIRECTORY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(paths, "_is_root", lambda: False)
+    old = os.umask(0o022)
+    try:
+        dirs = paths.prepare_daemon_dirs(paths.default_state_dir(), paths.default_runtime_dir(), paths.default_log_dir())
+    finally:
+        os.umask(old)
+    for folder in (dirs.state, dirs.runtime, dirs.log):
+        assert folder.startswith(str(tmp_path)) and mode_of(folder) == 0o750
+
+
 @pytest.fixture()
 def umask000() -> Iterator[None]:
     old = os.umask(0)
