@@ -283,13 +283,20 @@ def parse_cors_origins(text: str | None) -> tuple[str, ...]:
     return tuple(origins)
 
 
+_ANY_ORIGIN = {"Access-Control-Allow-Origin": "*"}
+_NONE: dict[str, str] = {}
+
+
 def cors_headers(
     kind: str, origins: tuple[str, ...], origin: str | None, preflight: bool = False, requested_headers: str | None = None
 ) -> dict[str, str]:
-    """CORS headers for an answer on `kind`; {} where none belong."""
+    """CORS headers for an answer on `kind`; {} where none belong. The dict may be shared:
+    copy it before changing it."""
     if kind != ENDPOINT or not origins:
-        return {}
+        return _NONE
     if origins == ("*",):
+        if not preflight:
+            return _ANY_ORIGIN  # the usual answer: no allocation
         headers = {"Access-Control-Allow-Origin": "*"}
     elif origin and origin.rstrip("/").lower() in origins:
         headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
@@ -394,6 +401,9 @@ class Access:
         return unauthorized(self.cors(kind, headers))
 
     def cors(self, kind: str, headers: Mapping[str, str], preflight: bool = False) -> dict[str, str]:
+        """CORS headers for a request's answer (shared dict: copy before changing it)."""
+        if self.settings.cors_origins == ("*",) and not preflight:
+            return cors_headers(kind, ("*",), None)  # no header lookups on the hot path
         return cors_headers(
             kind, self.settings.cors_origins, headers.get("origin"), preflight,
             headers.get("access-control-request-headers"),
