@@ -164,8 +164,9 @@ def _check_links(path: str, euid: int) -> None:
             raise UnsafePath(problem)
 
 
-def _check_parents(real: str, euid: int) -> None:
-    for comp in [os.sep] + _components(os.path.dirname(real)):
+def _check_parents(real: str, euid: int, deepest: str | None = None) -> None:
+    """Check the folders above `real` (only down to `deepest` when given: the rest is missing)."""
+    for comp in [os.sep] + _components(deepest or os.path.dirname(real)):
         problem = parent_dir_problem(Entry.of(comp, os.stat(comp)), euid)
         if problem:
             raise UnsafePath(f"cannot use {real}: {problem}")
@@ -199,7 +200,7 @@ def ensure_dir(path: str, mode: int = DIR_MODE, *, group: str | None = None) -> 
         missing.append(probe)
         probe = os.path.dirname(probe)
     if missing:
-        _check_parents(os.path.join(probe, "x"), euid)  # the deepest existing folder and above
+        _check_parents(real, euid, deepest=probe)  # the deepest existing folder and above
         for created in reversed(missing):
             _mkdir_exact(created, mode if created == real else PARENT_MODE)
         if group is not None:

@@ -214,6 +214,7 @@ def _socket_of(pid: int) -> str:
 @pytest.mark.skip(reason="wired by the lead: main.py must call paths.prepare_daemon_dirs before anything creates its folders")
 def test_folders_cortexd_creates_under_umask_000_are_private(tmp_path: Any) -> None:
     daemon = Daemon(project(tmp_path / "project"), str(tmp_path / "d"))
+    os.makedirs(daemon.base, mode=0o755)  # the harness would make it 0777 under umask 000 (and be refused)
     start_under_umask(daemon, 0)
     try:
         for folder in (daemon.runtime_dir, daemon.state_dir, daemon.log_dir):
