@@ -69,9 +69,10 @@ def control_socket(runtime_dir: str) -> str:
 # ---------------------------------------------------------------- making the folders
 
 RUNTIME_GROUP = "cortexd"  # members may use the control socket (the CLI)
-# A replica's socket is <folder>/<replica id>.sock, and AF_UNIX paths end at 108 bytes: the
-# folder stays within this many so that ids ("<api>-<n>", API names up to 63 characters) fit.
-MAX_SOCKET_DIR = 34
+# A replica's socket is <folder>/<replica id>.sock, and AF_UNIX paths hold 107 bytes: the
+# folder stays within this many so that ids ("<api>-<n>": API names up to 63 characters, a
+# counter up to 6 digits) fit: 31 + len("/") + 63 + len("-999999.sock") = 107.
+MAX_SOCKET_DIR = 31
 SOCKET_DIR_PREFIX = "r-"
 TMP_SOCKET_DIR_PREFIX = "cortexd-r-"
 STALE_SCAN_LIMIT = 100
