@@ -227,6 +227,8 @@ def test_only_abandoned_socket_folders_are_removed(tmp_path: Any) -> None:
         for h in holders:
             h.kill()
             h.wait()
+        paths.remove_stale_socket_dirs(os.path.dirname(mine.path), os.path.basename(mine.path)[:-8])
+    assert not os.path.exists(folders[1])  # its daemon is gone now too
 
 
 # ---------------------------------------------------------------- another local user
