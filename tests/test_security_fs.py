@@ -227,7 +227,8 @@ def test_only_abandoned_socket_folders_are_removed(tmp_path: Any) -> None:
         for h in holders:
             h.kill()
             h.wait()
-        paths.remove_stale_socket_dirs(os.path.dirname(mine.path), os.path.basename(mine.path)[:-8])
+        parent = paths.socket_dir_parent(runtime)
+        paths.remove_stale_socket_dirs(parent, paths.SOCKET_DIR_PREFIX if parent == runtime else paths.TMP_SOCKET_DIR_PREFIX)
     assert not os.path.exists(folders[1])  # its daemon is gone now too
 
 
