@@ -7,7 +7,10 @@ remote model gets a new entry and an unchanged one is reused without downloading
 Every entry is built in a `.partial-*` folder next to it and renamed into place when complete:
 a cache entry that exists is whole, and a failed or killed download leaves nothing that could
 be used. A `.zip` is unpacked inside the entry before that rename and the path returned is the
-unpacked folder.
+unpacked folder, within the limits of cortexd/model_archives.py (size, ratio, members).
+
+Redirects are followed to http:// and https:// only. The cache is kept within a size by
+cortexd/model_cache.py (`evict`); an entry's mtime records when it was last used.
 
 Only the standard library is imported here; boto3 is imported when an s3:// model is fetched.
 """
@@ -21,13 +24,17 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from typing import Any, Callable
+
+from cortexd import safefs
+from cortexd.model_archives import ArchiveError, ArchiveLimits, extract
+from cortexd.model_cache import evict, touch
+
+__all__ = ["ArchiveLimits", "ModelFetchError", "evict", "fetch_model", "unpack_local_zip", "unpack_zip"]
 
 HTTP_TIMEOUT_S = 60.0  # per socket operation, not for the whole download
 CHUNK = 1 << 20
@@ -43,14 +50,18 @@ class ModelFetchError(Exception):
     """The model cannot be made available locally; the message says which source and why."""
 
 
-def fetch_model(source: str, project_dir: str, cache_dir: str, log: Log) -> str:
-    """Return a local path for `source` (downloading it into cache_dir when it is remote)."""
+def fetch_model(source: str, project_dir: str, cache_dir: str, log: Log, limits: ArchiveLimits | None = None) -> str:
+    """Return a local path for `source` (downloading it into cache_dir when it is remote).
+    A downloaded zip is unpacked within `limits` (default: ArchiveLimits())."""
+    limits = limits or ArchiveLimits()
     if _URL_RE.match(source):
         scheme = source.split("://", 1)[0].lower()
         if scheme in ("http", "https"):
-            return _fetch_http(source, cache_dir, log)
+            return _fetch_http(source, cache_dir, log, limits)
         if scheme == "s3":
-            return _fetch_s3(source, cache_dir, log)
+            from cortexd.model_s3 import fetch_s3  # boto3 is imported only for s3:// models
+
+            return fetch_s3(source, cache_dir, log, limits)
         if scheme == "file":
             path = file_url_path(source, project_dir)
         else:
@@ -136,7 +147,9 @@ def is_stale_partial(mtime: float, now: float, max_age: float = STALE_PARTIAL_S)
 
 
 def _prepare(root: str) -> None:
-    os.makedirs(root, exist_ok=True)
+    # <state>/models and its scheme folders: the daemon's own, 0750 (cortexd/safefs.py).
+    safefs.ensure_dir(os.path.dirname(root), safefs.DIR_MODE)
+    safefs.ensure_dir(root, safefs.DIR_MODE)
     now = time.time()
     for name in os.listdir(root):
         if not name.startswith(PARTIAL_PREFIX):
@@ -159,6 +172,11 @@ def _commit(partial: str, final: str) -> None:
     except OSError:
         if not os.path.isdir(final):
             raise
+    touch(final)
+
+
+def _reused(entry: str) -> None:
+    touch(entry)  # recently used: the last to be evicted
 
 
 def _result_path(entry: str, name: str) -> str:
@@ -168,69 +186,84 @@ def _result_path(entry: str, name: str) -> str:
     return os.path.join(entry, name)
 
 
-def _finish_entry(partial: str, name: str, log: Log, shown: str) -> None:
+def _finish_entry(partial: str, name: str, log: Log, shown: str, limits: ArchiveLimits) -> None:
     """Unpack a downloaded .zip inside the partial entry (it is renamed into place after)."""
     if not name.lower().endswith(".zip"):
         return
     archive = os.path.join(partial, name)
     folder = _result_path(partial, name)
-    count = _extract(archive, folder, shown)
+    count = _extract(archive, folder, shown, limits)
     os.remove(archive)  # the unpacked folder is what is served; keeping both doubles the disk
     log(f"{shown}: unpacked {count} files")
 
 
-def _extract(archive: str, dest: str, shown: str) -> int:
+def _extract(archive: str, dest: str, shown: str, limits: ArchiveLimits) -> int:
     try:
-        with zipfile.ZipFile(archive) as zf:
-            members = [m for m in zf.infolist() if not m.filename.startswith("__MACOSX/")]
-            for m in members:
-                parts = m.filename.replace("\\", "/").split("/")
-                if m.filename.startswith("/") or ".." in parts:
-                    raise ModelFetchError(f"{shown}: the zip holds an unsafe path {m.filename!r}")
-            zf.extractall(dest, members)
-            return sum(1 for m in members if not m.is_dir())
-    except zipfile.BadZipFile as exc:
-        raise ModelFetchError(f"{shown}: not a valid zip file ({exc})") from None
+        return extract(archive, dest, shown, limits)
+    except ArchiveError as exc:
+        raise ModelFetchError(str(exc)) from None
 
 
-def unpack_zip(archive: str, dest: str) -> str:
+def unpack_zip(archive: str, dest: str, limits: ArchiveLimits | None = None) -> str:
     """Unpack `archive` into the folder `dest` atomically; an existing dest is reused as is."""
     if os.path.isdir(dest):
         return dest
     partial = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=os.path.dirname(dest) or ".")
     try:
-        _extract(archive, os.path.join(partial, "x"), archive)
+        _extract(archive, os.path.join(partial, "x"), archive, limits or ArchiveLimits.from_env())
         _commit(os.path.join(partial, "x"), dest)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return dest
 
 
-def unpack_local_zip(archive: str) -> str:
-    """Unpack a local .zip model once: into a folder next to it, or a temp folder when that
-    place is read-only. The folder's name carries the zip's size and mtime, so a changed zip
-    is unpacked again."""
+def unpack_local_zip(archive: str, limits: ArchiveLimits | None = None) -> str:
+    """Unpack a local .zip model once: into a folder next to it (the folder's name carries the
+    zip's size and mtime, so a changed zip is unpacked again), or, when that place is
+    read-only, into a new private temporary folder (never a predictable path in /tmp that
+    another user could fill first). Limits: `limits`, else those the daemon gave this
+    replica (ArchiveLimits.from_env)."""
     st = os.stat(archive)
     sig = hashlib.sha256(f"{os.path.abspath(archive)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
     beside = f"{archive}.unpacked-{sig}"
     try:
-        return unpack_zip(archive, beside)
+        return unpack_zip(archive, beside, limits)
     except OSError:  # read-only folder or file system
-        elsewhere = os.path.join(tempfile.gettempdir(), f"cortexd-unzip-{sig}")
-        return unpack_zip(archive, elsewhere)
+        elsewhere = safefs.private_tempdir(None, f"cortexd-unzip-{sig}-")
+        return unpack_zip(archive, os.path.join(elsewhere, "model"), limits)
 
 
 # ---------------------------------------------------------------- http(s)
 
 
-def _fetch_http(url: str, cache_dir: str, log: Log) -> str:
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http:// and https:// only (urllib's own also follows ftp://)."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        if not redirect_allowed(newurl):
+            fp.close()
+            raise ModelFetchError(
+                f"{display_url(req.full_url)}: redirected to {display_url(newurl)}; "
+                "only redirects to http:// and https:// are followed"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def redirect_allowed(url: str) -> bool:
+    return urllib.parse.urlsplit(url).scheme.lower() in ("http", "https")
+
+
+_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
+
+
+def _fetch_http(url: str, cache_dir: str, log: Log, limits: ArchiveLimits) -> str:
     shown = display_url(url)
     root = os.path.join(cache_dir, "http")
     _prepare(root)
     name = entry_name(urllib.parse.urlsplit(url).path)
     request = urllib.request.Request(url, headers={"User-Agent": "cortexd"})
     try:
-        response = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S)
+        response = _OPENER.open(request, timeout=HTTP_TIMEOUT_S)
     except urllib.error.HTTPError as exc:
         raise ModelFetchError(f"{shown}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
@@ -247,6 +280,7 @@ def _fetch_http(url: str, cache_dir: str, log: Log) -> str:
             if os.path.isdir(entry):
                 # closing the response unread: the body of an unchanged model is not transferred
                 log(f"{shown}: unchanged since it was downloaded (cached)")
+                _reused(entry)
                 return _result_path(entry, name)
         partial = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=root)
         try:
@@ -256,8 +290,9 @@ def _fetch_http(url: str, cache_dir: str, log: Log) -> str:
                 entry = os.path.join(root, cache_key(url, {"sha256": digest}))
                 if os.path.isdir(entry):
                     log(f"{shown}: same content as the cached copy")
+                    _reused(entry)
                     return _result_path(entry, name)
-            _finish_entry(partial, name, log, shown)
+            _finish_entry(partial, name, log, shown, limits)
             _commit(partial, entry)
         except OSError as exc:
             raise ModelFetchError(f"{shown}: saving the download failed: {exc}") from None
@@ -297,135 +332,3 @@ def _stream(response: Any, target: str, total: int | None, shown: str, log: Log)
         raise ModelFetchError(f"{shown}: download truncated: got {done} of {total} bytes")
     log(f"{shown}: downloaded {format_bytes(done)} in {time.monotonic() - started:.1f} s")
     return digest.hexdigest()
-
-
-# ---------------------------------------------------------------- s3
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """s3://bucket/key/parts -> (bucket, "key/parts")."""
-    rest = url.split("://", 1)[1]
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise ModelFetchError(f"{url}: no bucket name (expected s3://bucket/key)")
-    return bucket, key
-
-
-def _s3_client(log: Log) -> Any:
-    try:
-        import boto3
-        from botocore import UNSIGNED
-        from botocore.config import Config
-    except ImportError:
-        raise ModelFetchError("s3:// models need boto3: install cortexd[s3]") from None
-    session = boto3.session.Session()
-    # recent boto3 reads these itself; passing them keeps older versions working the same
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-    config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60)
-    if session.get_credentials() is None:
-        log("no AWS credentials found: reading s3 without signing (works for public buckets)")
-        config = config.merge(Config(signature_version=UNSIGNED))
-    return session.client("s3", endpoint_url=endpoint, region_name=session.region_name or "us-east-1", config=config)
-
-
-def _s3_error(url: str, exc: Exception) -> ModelFetchError:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict) and "Error" in response:
-        err = response["Error"]
-        return ModelFetchError(f"{url}: {err.get('Code', '?')}: {err.get('Message') or 'request failed'}")
-    return ModelFetchError(f"{url}: {type(exc).__name__}: {exc}")
-
-
-def _s3_objects(client: Any, url: str, bucket: str, key: str) -> tuple[bool, list[tuple[str, str, int]]]:
-    """(is_folder, [(key, etag, size)]): one object, or every object under the prefix key/."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    head_error: Exception | None = None
-    if key and not key.endswith("/"):
-        try:
-            head = client.head_object(Bucket=bucket, Key=key)
-            return False, [(key, str(head.get("ETag", "")), int(head.get("ContentLength", 0)))]
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code not in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied"):
-                raise _s3_error(url, exc) from None
-            head_error = exc  # maybe a folder (SavedModel): look under key/
-        except BotoCoreError as exc:
-            raise _s3_error(url, exc) from None
-    prefix = key.rstrip("/") + "/" if key else ""
-    found: list[tuple[str, str, int]] = []
-    try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                if not obj["Key"].endswith("/"):  # folder markers made by consoles
-                    found.append((obj["Key"], str(obj.get("ETag", "")), int(obj.get("Size", 0))))
-    except (ClientError, BotoCoreError) as exc:
-        raise _s3_error(url, exc) from None  # e.g. NoSuchBucket, AccessDenied: more telling than HEAD's bare 404
-    if not found:
-        if head_error is not None and "404" not in str(head_error) and "NotFound" not in str(head_error):
-            raise _s3_error(url, head_error) from None  # 403 on HEAD: denied, or no such object
-        under = f"s3://{bucket}/{prefix}" if prefix else "the bucket"
-        raise ModelFetchError(f"{url}: no object at this key, and no objects under {under}")
-    return True, sorted(found)
-
-
-def _fetch_s3(url: str, cache_dir: str, log: Log) -> str:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, key = parse_s3_url(url)
-    client = _s3_client(log)
-    root = os.path.join(cache_dir, "s3")
-    _prepare(root)
-    is_folder, objects = _s3_objects(client, url, bucket, key)
-    name = entry_name(key, default=bucket)
-    entry = os.path.join(root, cache_key(url, {"objects": objects}))
-    result = os.path.join(entry, name) if is_folder else _result_path(entry, name)
-    if os.path.isdir(entry):
-        log(f"{url}: unchanged since it was downloaded (cached)")
-        return result
-    total = sum(size for _k, _e, size in objects)
-    log(f"{url}: downloading {len(objects)} object(s) ({format_bytes(total)})")
-    progress = _Progress(url, total, log)
-    started = time.monotonic()
-    partial = tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=root)
-    try:
-        for obj_key, _etag, _size in objects:
-            if is_folder:
-                rel = obj_key[len(key.rstrip("/") + "/"):] if key else obj_key
-                if rel.startswith("/") or ".." in rel.split("/"):
-                    raise ModelFetchError(f"{url}: unsafe object key {obj_key!r}")
-                target = os.path.join(partial, name, *rel.split("/"))
-            else:
-                target = os.path.join(partial, name)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            client.download_file(bucket, obj_key, target, Callback=progress)
-        log(f"{url}: downloaded {format_bytes(total)} in {time.monotonic() - started:.1f} s")
-        if not is_folder:
-            _finish_entry(partial, name, log, url)
-        _commit(partial, entry)
-    except (ClientError, BotoCoreError) as exc:
-        raise _s3_error(url, exc) from None
-    except OSError as exc:
-        raise ModelFetchError(f"{url}: saving the download failed: {exc}") from None
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return result
-
-
-class _Progress:
-    """boto3's transfer callback (called from its worker threads with byte increments)."""
-
-    def __init__(self, url: str, total: int, log: Log) -> None:
-        self._url, self._total, self._log = url, total, log
-        self._lock = threading.Lock()
-        self._done = self._last_done = 0
-        self._last_at = time.monotonic()
-
-    def __call__(self, amount: int) -> None:
-        with self._lock:
-            self._done += amount
-            now = time.monotonic()
-            if progress_due(self._done, self._total, self._last_done, self._last_at, now):
-                pct = f" ({self._done * 100 // self._total}%)" if self._total else ""
-                self._log(f"{self._url}: {format_bytes(self._done)} of {format_bytes(self._total)}{pct}")
-                self._last_done, self._last_at = self._done, now

@@ -47,6 +47,10 @@ class ReplicaSpec:
     # Server-side batching (cortexd/replica/batching.py): 0 = off; else the API's
     # max_batch_size, and the replica answers POST /predict-batch (cortexd/batchframe.py).
     max_batch_size: int = 0
+    # How predictions go out (cortexd/replica/bodies.py render_prediction): NaN/Infinity as
+    # null instead of a 500, and a str as text/plain (Cortex v0.18 on) instead of a JSON string.
+    nan_as_null: bool = False
+    str_as_text: bool = False
 
 
 @dataclass(frozen=True)

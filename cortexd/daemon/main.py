@@ -11,6 +11,7 @@ docs/architecture.md walks through a request and a reload.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import resource
@@ -46,7 +47,10 @@ from cortexd.daemon.serving.app import ConnectionLimits, build_app, guarded_prot
 from cortexd.daemon.serving.proxy import Proxy, ProxySettings
 from cortexd.daemon.settings import DaemonSettings
 from cortexd.daemon.systemd import Notifier
-from cortexd.paths import control_socket
+from cortexd.daemon.serving.access import Access, AccessConfigError, AccessSettings, tls_context
+from cortexd.models import ArchiveLimits
+from cortexd.paths import control_socket, prepare_daemon_dirs
+from cortexd.safefs import UnsafePath
 
 log = logging.getLogger("cortexd")
 
@@ -61,9 +65,15 @@ class Readings:
 
 class Daemon:
     def __init__(self, settings: DaemonSettings, nvml: Nvml) -> None:
+        # Before anything is created in them: refused (UnsafePath) unless they are ours alone.
+        dirs = prepare_daemon_dirs(settings.state_dir, settings.runtime_dir, settings.log_dir)
+        settings = dataclasses.replace(settings, state_dir=dirs.state, runtime_dir=dirs.runtime, log_dir=dirs.log)
         self.settings = settings
-        for d in (settings.state_dir, settings.runtime_dir, settings.log_dir):
-            os.makedirs(d, exist_ok=True)
+        self.access = Access(AccessSettings.from_options(  # reads --api-keys: AccessConfigError if it cannot
+            settings.api_keys or None, settings.api_keys_metrics, settings.debug_from, settings.cors_origins))
+        self.tls = tls_context(settings.tls_cert or None, settings.tls_key or None)
+        archive_limits = ArchiveLimits(max_unpacked_bytes=settings.max_model_unpacked,
+                                       max_ratio=settings.max_model_unpack_ratio)
         self.stop_requested = asyncio.Event()
         self.notifier = Notifier()
         self.logs = ApiLogs(settings.log_dir)
@@ -78,6 +88,7 @@ class Daemon:
         self.spawner = ProcessSpawner(
             settings.runtime_dir, post=self.post, output=self._replica_output,
             gpu_env=self.compute.cuda_visible_devices,
+            extra_env=archive_limits.env(),  # replicas unpack local zips within the same limits
             cgroups=open_replica_cgroups(),  # memory.max per replica where systemd delegated a cgroup
         )
         self.proxy = Proxy(
@@ -92,12 +103,13 @@ class Daemon:
         )
         self.pump = EventPump(self.supervisor, self.notifier, self.status_line, self._read, self._readings_taken,
                               self._exited)
-        self.versions = VersionFactory(settings.state_dir)
+        self.versions = VersionFactory(settings.state_dir, archive_limits)
         self.reloader = Reloader(
             self.supervisor, self.proxy, self.versions,
             Hooks(track=self._track, reset_autoscale=self._reset_autoscale, api_log=self.api_log,
                   extend_timeout=lambda: self.notifier.extend_timeout(ENV_EXTEND_S)),
-            ReloaderSettings(prepare_timeout_s=settings.prepare_timeout_s, reload_timeout_s=settings.reload_timeout_s),
+            ReloaderSettings(prepare_timeout_s=settings.prepare_timeout_s, reload_timeout_s=settings.reload_timeout_s,
+                             model_cache_bytes=settings.model_cache_size),
         )
         self.handlers = Handlers(Sources(
             supervisor=self.supervisor, proxy=self.proxy, compute=self.compute, tracker=self.tracker,
@@ -156,11 +168,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         limits = ConnectionLimits(max_connections(self.settings.max_connections), self.settings.header_timeout_s,
                                   self.settings.request_timeout_s)
-        app = build_app(self.proxy, self.handlers, limits)
+        app = build_app(self.proxy, self.handlers, self.access, limits)
         try:
             server = await app.create_server(
                 host=self.settings.host, port=self.settings.port, return_asyncio_server=True, backlog=1024,
-                protocol=guarded_protocol(limits),
+                protocol=guarded_protocol(limits), ssl=self.tls,
             )
         except OSError as exc:
             print(f"cortexd: cannot listen on {self.settings.host}:{self.settings.port}: {exc}", file=sys.stderr)
@@ -203,7 +215,11 @@ class Daemon:
             return ReloadReport(False, (f"cannot read {self.settings.config}: {exc}; nothing was changed",))
         self.notifier.reloading("reloading " + self.settings.config)
         try:
-            return await self.reloader.apply(config, force, wait=True)
+            report = await self.reloader.apply(config, force, wait=True)
+            problem = self.access.reload()  # --api-keys is re-read at every reload
+            if problem:
+                report = ReloadReport(False, report.lines + (problem,))
+            return report
         finally:
             self.notifier.ready(self.status_line())
 
@@ -357,6 +373,11 @@ def run_daemon(settings: DaemonSettings) -> int:
         log.info("no GPU: %s", nvml.unavailable_reason())
 
     async def main() -> int:
-        return await Daemon(settings, nvml).run()
+        try:
+            daemon = Daemon(settings, nvml)
+        except (UnsafePath, AccessConfigError, ValueError) as exc:
+            print(f"cortexd: {exc}", file=sys.stderr)
+            return 2
+        return await daemon.run()
 
     return asyncio.run(main())

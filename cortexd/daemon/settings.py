@@ -19,10 +19,10 @@ from cortexd.daemon.fleet.failures import STOP_GRACE_S
 
 def _setting(
     default: Any, flag: str, help: str, parse: Callable[[str], Any] | None = None, metavar: str | None = None,
-    shown: str | None = None,
+    shown: str | None = None, choices: tuple[str, ...] | None = None,
 ) -> Any:
     """A field with its flag; `shown` is the default as --help writes it (None: the value)."""
-    meta = {"flag": flag, "help": help, "parse": parse, "metavar": metavar, "shown": shown}
+    meta = {"flag": flag, "help": help, "parse": parse, "metavar": metavar, "shown": shown, "choices": choices}
     return field(default=default, metadata=meta)
 
 
@@ -31,6 +31,10 @@ def _mem(text: str) -> int:
         return parse_mem(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _mem_or_zero(text: str) -> int:
+    return 0 if text.strip() == "0" else _mem(text)
 
 
 @dataclass
@@ -58,6 +62,27 @@ class DaemonSettings:
     drain_timeout_s: float = _setting(30.0, "--drain-timeout", "seconds to finish requests on stop", float)
     prepare_timeout_s: float = _setting(900.0, "--prepare-timeout", "seconds an API's model fetch and environment "
                                         "build may take before it is `error`", float)
+    # Access and TLS (docs/security.md); checked at start, exit 2 when they cannot be used.
+    api_keys: str = _setting("", "--api-keys", "require one of these keys (one per line) on predictions: "
+                             "Authorization: Bearer KEY or X-API-Key; re-read at every reload (default: off)")
+    api_keys_metrics: str = _setting("protected", "--api-keys-metrics", "whether /readyz and /metrics need a key "
+                                     "too", choices=("protected", "open"), metavar="protected|open")
+    debug_from: str = _setting("", "--debug-from", "also honour ?debug=true from these addresses (default: "
+                               "loopback only; none: from no address)", metavar="CIDR,...")
+    cors_origins: str = _setting("*", "--cors-origins", "origins browsers may call the endpoints from (none: no "
+                                 "CORS headers)", metavar="ORIGIN,...")
+    tls_cert: str = _setting("", "--tls-cert", "serve HTTPS with this PEM certificate (default: HTTP)")
+    tls_key: str = _setting("", "--tls-key", "the certificate's PEM private key")
+    # Model sources (docs/security.md).
+    max_model_unpacked: int = _setting(16 << 30, "--max-model-unpacked", "largest total a model archive may "
+                                       "unpack to", _mem, "SIZE", "16Gi")
+    max_model_unpack_ratio: float = _setting(100.0, "--max-model-unpack-ratio", "refuse model archives that unpack "
+                                             "to more than this many times their size", float, "N")
+    model_cache_size: int = _setting(20 << 30, "--model-cache-size", "downloaded models kept beyond those the "
+                                     "running and previous versions use (0: only those)", _mem_or_zero, "SIZE",
+                                     "20Gi")
+    grpc_port: int = _setting(0, "--grpc-port", "serve the Open Inference Protocol over gRPC on this port "
+                              "(default: off)", int, "PORT")
     # Not flags: fixed by the unit's timeouts and the reload protocol.
     reload_timeout_s: float = 600.0  # how long `cortexd reload` waits for new replicas
     stop_grace_s: float = STOP_GRACE_S  # SIGTERM, then SIGKILL
@@ -89,6 +114,8 @@ def add_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> No
         if meta["parse"] is not None:
             kwargs["type"] = meta["parse"]
         kwargs["metavar"] = meta["metavar"] or {float: "SECONDS", int: "N"}.get(meta["parse"], "PATH")
+        if meta["choices"]:
+            kwargs["choices"] = meta["choices"]
         if f.name in ("host",):
             kwargs["metavar"] = "ADDRESS"
         parser.add_argument(meta["flag"], **kwargs)

@@ -22,8 +22,9 @@ import traceback
 from typing import Any
 
 from cortexd import batchframe, protocol
+from cortexd.daemon.serving.access import debug_requested
 from cortexd.replica import batching
-from cortexd.replica.bodies import BodyError, encode_prediction, parse_body
+from cortexd.replica.bodies import BodyError, PredictionError, encode_prediction, parse_body, render_prediction
 from cortexd.protocol import LoadFailed, Ready, ReplicaSpec, StatusMessage, encode_status, read_spec_fd
 from cortexd.replica.predictors import PayloadError, Predictor, PredictorLoadError, load_predictor
 from cortexd.replica.server import Handler, ReplicaProtocol
@@ -52,10 +53,12 @@ def _log(message: str) -> None:
     sys.stderr.flush()
 
 
-def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = None) -> Handler:
+def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = None, nan_as_null: bool = False,
+                  str_as_text: bool = False) -> Handler:
     """The replica's requests: POST /predict runs the predictor, GET /info describes it.
     With server-side batching (`batch`), POST /predict-batch runs a batch frame and
-    POST /predict is a batch of one, so the predictor always sees the batched form."""
+    POST /predict is a batch of one, so the predictor always sees the batched form.
+    `nan_as_null`, `str_as_text`: how predictions go out (ReplicaSpec; bodies.render_prediction)."""
     predict = predictor.predict
     predict_path, info_path = protocol.PREDICT_PATH, protocol.INFO_PATH
     loads = parse_body
@@ -63,11 +66,12 @@ def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = No
     def error(status: int, message: str) -> tuple[int, bytes]:
         return status, json.dumps({"error": message}).encode()
 
-    def handle(method: str, path: str, query: str, body: bytes) -> tuple[int, bytes]:
+    def handle(method: str, path: str, query: str, body: bytes) -> tuple[int, bytes] | tuple[int, bytes, bytes]:
         if path == predict_path and method == "POST":
             if batch is not None:
                 return batch.one(query, body)
-            debug = query.find("debug=true") >= 0
+            # The daemon passes "debug=true" only when its policy allows it (serving/access.py).
+            debug = bool(query) and debug_requested(query)
             try:
                 payload = loads(body)
             except BodyError as exc:
@@ -82,13 +86,17 @@ def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = No
                 _log(f"prediction failed:\n{traceback.format_exc()}")
                 return error(500, f"prediction failed: {type(exc).__name__}: {exc}")
             try:
-                encoded = encode_prediction(result)
+                answer = render_prediction(result, nan_as_null, str_as_text)
+            except PredictionError as exc:
+                _log(f"prediction failed: {exc}")
+                return error(500, str(exc))
             except BaseException as exc:  # a result too deep to encode raises RecursionError
                 _log(f"prediction failed: {type(exc).__name__}: {exc}")
                 return error(500, f"prediction failed: the result cannot be encoded as JSON: {type(exc).__name__}: {exc}")
             if debug:
-                _log(f"debug: prediction: {_truncate(encoded.decode())}")
-            return 200, encoded
+                shown = answer[1].decode("utf-8", "replace") if len(answer) == 2 else f"{type(result).__name__} of {len(answer[1])} bytes"
+                _log(f"debug: prediction: {_truncate(shown)}")
+            return answer
         if path == batchframe.BATCH_PATH and method == "POST" and batch is not None:
             return batch.frame(body)
         if path == info_path and method == "GET":
@@ -106,7 +114,7 @@ def _send_status(fd: int, message: StatusMessage) -> None:
 
 
 async def serve(predictor: Predictor, ctx: ReplicaSpec, socket_path: str, status_fd: int) -> None:
-    handler = build_handler(predictor, batching.for_replica(predictor, ctx))
+    handler = build_handler(predictor, batching.for_replica(predictor, ctx), ctx.nan_as_null, ctx.str_as_text)
     connections: set[ReplicaProtocol] = set()
     if os.path.exists(socket_path):
         os.unlink(socket_path)

@@ -21,8 +21,10 @@ from typing import Callable
 
 from cortexd.protocol import header_value
 
-# (method, path, query string, body) -> (status, JSON body)
-Handler = Callable[[str, str, str, bytes], "tuple[int, bytes]"]
+# (method, path, query string, body) -> (status, JSON body), or (status, body, header lines)
+# for an answer that is not JSON: its "name: value\r\n" lines, content-type first
+# (cortexd/replica/bodies.py renders them; cortexd/daemon/serving/answers.py reads them).
+Handler = Callable[[str, str, str, bytes], "tuple[int, bytes] | tuple[int, bytes, bytes]"]
 
 MAX_HEADER_BYTES = 64 * 1024
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -31,13 +33,14 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _OK_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
 
 
-def response_head(status: int, length: int, close: bool = False) -> bytes:
-    if status == 200 and not close:  # the usual answer, without formatting the whole head
-        return _OK_HEAD + str(length).encode() + b"\r\n\r\n"
-    return (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\ncontent-type: application/json\r\n"
-        f"content-length: {length}\r\n" + ("connection: close\r\n" if close else "") + "\r\n"
-    ).encode("latin-1")
+def response_head(status: int, length: int, close: bool = False, headers: bytes | None = None) -> bytes:
+    if headers is None:
+        if status == 200 and not close:  # the usual answer, without formatting the whole head
+            return _OK_HEAD + str(length).encode() + b"\r\n\r\n"
+        headers = b"content-type: application/json\r\n"
+    line = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n".encode("latin-1")
+    end = b"\r\nconnection: close\r\n\r\n" if close else b"\r\n\r\n"
+    return line + headers + b"content-length: " + str(length).encode() + end
 
 
 class RequestError(Exception):
@@ -140,14 +143,19 @@ class ReplicaProtocol(asyncio.Protocol):
             body = bytes(buf[start : start + length])
             buf = buf[start + length :]
             self._pending = None
+            headers: bytes | None = None
             try:
-                status, payload = handler(method, path, query, body)
+                answer = handler(method, path, query, body)
+                if len(answer) == 2:
+                    status, payload = answer  # type: ignore[misc]
+                else:
+                    status, payload, headers = answer  # type: ignore[misc]
             except BaseException as exc:  # the barrier: an exception here would drop the connection
-                status, payload = 500, _internal_error(exc)
+                status, payload, headers = 500, _internal_error(exc), None
             transport = self._transport
             if transport is None:  # the handler's work outlived the connection
                 return
-            transport.write(response_head(status, len(payload), close) + payload)
+            transport.write(response_head(status, len(payload), close, headers) + payload)
             if close:
                 transport.close()
                 self._transport = None

@@ -24,6 +24,10 @@ one layered in from the daemon's environment, run as `<env python> -m pip` so it
 the new env. Only when no pip is importable there does the build fall back to ensurepip.
 pip's own configuration (PIP_* variables, pip.conf, its index and proxy) applies untouched;
 `find_links` only adds wheelhouses.
+
+Modes: envs_dir, builds/ and locks/ are 0750 and each env is built under umask 027, whatever
+the daemon's umask: an env is code replicas import, so only the daemon's user may change it
+(cortexd/safefs.py checks the folders; lock files are opened without following symlinks).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from dataclasses import dataclass
 
 import cortexd
 from cortexd import __version__ as CORTEXD_VERSION
+from cortexd import safefs
 from cortexd.requirements_check import referenced_files
 
 MARKER = "cortexd-env.json"
@@ -58,6 +63,7 @@ DEFAULT_TIMEOUT_S = 1800.0
 _BUILDS = "builds"
 _LOCKS = "locks"
 _PUBLISH_PREFIX = ".publish-"
+BUILD_UMASK = 0o027  # what venv and pip create: the daemon's user writes, its group reads
 
 Log = Callable[[str], None]
 
@@ -137,7 +143,7 @@ def failure_message(what: str, returncode: int | None, tail: Sequence[str]) -> s
 @contextlib.contextmanager
 def _flock(path: str, blocking: bool) -> Iterator[bool]:
     """Yield True while holding an exclusive flock on path (False: busy, only if not blocking)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, safefs.FILE_MODE)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
@@ -161,7 +167,9 @@ def _fsync_dir(path: str) -> None:
 
 def _write_file_durably(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as handle:
+    if os.path.lexists(tmp):
+        os.unlink(tmp)  # a crashed write's leftover, in a folder of ours
+    with os.fdopen(safefs.create_new(tmp, 0o644), "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -248,7 +256,7 @@ class EnvBuilder:
         if self.is_ready(key):
             return self.python_path(key)
         for folder in (self.envs_dir, os.path.join(self.envs_dir, _BUILDS), os.path.join(self.envs_dir, _LOCKS)):
-            os.makedirs(folder, exist_ok=True)
+            safefs.ensure_dir(folder, safefs.DIR_MODE)
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         with _flock(self._lock_path(key), blocking=True):
             if self.is_ready(key):  # another thread or process built it while we waited
@@ -256,7 +264,7 @@ class EnvBuilder:
                 return self.python_path(key)
             self._remove_unpublished_builds(key)  # we hold the lock, so these are dead leftovers
             build_dir = tempfile.mkdtemp(prefix=f"{key}-", dir=os.path.join(self.envs_dir, _BUILDS))
-            os.chmod(build_dir, 0o755)  # mkdtemp makes it private; replicas may run as another user
+            os.chmod(build_dir, safefs.DIR_MODE)  # mkdtemp makes it 0700; the daemon's group may read
             try:
                 started = time.monotonic()
                 self._build_into(build_dir, key, requirements_path, log, deadline)
@@ -324,6 +332,7 @@ class EnvBuilder:
         process = subprocess.Popen(
             command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1, start_new_session=True,
+            umask=BUILD_UMASK,
         )
         timed_out = threading.Event()
 
@@ -424,7 +433,7 @@ class EnvBuilder:
     # ---- internals
 
     def _lock_path(self, key: str) -> str:
-        os.makedirs(os.path.join(self.envs_dir, _LOCKS), exist_ok=True)
+        safefs.ensure_dir(os.path.join(self.envs_dir, _LOCKS), safefs.DIR_MODE)
         return os.path.join(self.envs_dir, _LOCKS, f"{key}.lock")
 
     def _remove_unpublished_builds(self, key: str) -> None:

@@ -73,6 +73,7 @@ class _Pipeline:
 class ReloaderSettings:
     prepare_timeout_s: float = 900.0
     reload_timeout_s: float = 600.0
+    model_cache_bytes: int = 20 << 30  # downloaded models kept beyond those in use (--model-cache-size)
 
 
 class Reloader:
@@ -85,6 +86,7 @@ class Reloader:
         self.settings = settings
         self._lock = asyncio.Lock()
         self._pipelines: dict[str, _Pipeline] = {}
+        self._previous: dict[str, Version] = {}  # per API: the version before its current one (its model is kept)
         self._background: set[asyncio.Task[None]] = set()
 
     async def apply(self, config: Config, force: list[str], wait: bool) -> ReloadReport:
@@ -223,6 +225,9 @@ class Reloader:
         self.proxy.set_route(api.name, api.endpoint)
         if action.kind == "add":
             self.hooks.reset_autoscale(api)
+        entry = self.supervisor.apis.get(api.name)
+        if entry is not None and entry.current is not None:
+            self._previous[api.name] = entry.current.version
         self.supervisor.deploy(api, version, settle)
         head = () if action.kind == "add" else (action.describe(),)
         try:
@@ -237,7 +242,17 @@ class Reloader:
         return Outcome(api.name, False, (f"{api.name}: failed ({reason})",))
 
     def _gc(self) -> None:
+        """Snapshots and environments no version uses go; the model cache keeps what the
+        running versions and the one before each use, and the rest up to its size."""
         in_use = self.supervisor.versions_in_use()
-        task = asyncio.ensure_future(run_blocking(self.versions.gc, in_use))
+        for name in [n for n in self._previous if n not in self.supervisor.apis]:
+            del self._previous[name]
+        kept = in_use + list(self._previous.values())
+
+        def collect() -> None:
+            self.versions.gc(in_use)
+            self.versions.evict_models(kept, self.settings.model_cache_bytes)
+
+        task = asyncio.ensure_future(run_blocking(collect))
         self._background.add(task)
         task.add_done_callback(self._background.discard)

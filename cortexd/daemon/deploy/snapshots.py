@@ -31,6 +31,11 @@ How, per file:
   that it resolves inside the snapshot; one that points outside is made absolute (what is
   outside the project is not versioned, like an absolute model path).
 
+Modes: the store, every version and every folder in it are 0750, copied files 0640 (0750
+when executable), the store's own copies of large files read-only (0440/0550), whatever the
+umask: a project holds code and credentials, and only the daemon's user (and its group)
+may read it. A hard-linked file keeps its owner's mode; the 0750 folders keep others out.
+
 `gc(keep)` removes the versions not in `keep` (the supervisor's versions in use), then the
 objects no snapshot uses.
 `take` does disk I/O proportional to the project's small files: call it from a thread
@@ -52,6 +57,8 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
+
+from cortexd import safefs
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +133,22 @@ def is_excluded(name: str, is_dir: bool) -> bool:
     return name.endswith((".pyc", ".pyo"))
 
 
+def snapshot_file_mode(source_mode: int) -> int:
+    """A copied file's mode: the source's, owner read/write added, nothing for others and no
+    group write (0644 -> 0640, 0755 -> 0750, 0400 -> 0600)."""
+    return (stat.S_IMODE(source_mode) & 0o750 & ~0o020) | stat.S_IRUSR | stat.S_IWUSR
+
+
+def object_mode(source_mode: int) -> int:
+    """An object's mode (the store's own copy, shared by versions): read-only, nothing for others."""
+    return (stat.S_IMODE(source_mode) & 0o550) | stat.S_IRUSR
+
+
+def _mkdir(path: str) -> None:
+    os.mkdir(path, safefs.DIR_MODE)
+    os.chmod(path, safefs.DIR_MODE)  # exactly 0750, whatever the umask
+
+
 def new_version_id(now: float) -> str:
     """Sortable by time, unique: ``20250102T030405Z-1a2b3c``."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + secrets.token_hex(3)
@@ -146,10 +169,11 @@ class SnapshotStore:
         self._link_min_bytes = link_min_bytes
         self._max_entries = max_entries
         self._clock = clock
-        self._objects = os.path.join(self.root, OBJECTS_DIR)
-        os.makedirs(self._objects, exist_ok=True)
+        self.root = safefs.ensure_dir(self.root, safefs.DIR_MODE)
+        self._objects = safefs.ensure_dir(os.path.join(self.root, OBJECTS_DIR), safefs.DIR_MODE)
         if not is_tagged_cache_dir(self.root):
-            with open(os.path.join(self.root, CACHEDIR_TAG), "wb") as f:
+            tag = os.path.join(self.root, CACHEDIR_TAG)
+            with os.fdopen(safefs.open_reused(tag, os.O_WRONLY | os.O_TRUNC), "wb") as f:
                 f.write(CACHEDIR_SIGNATURE + b"\n# cortexd snapshots: derived data, see cortexd/daemon/deploy/snapshots.py\n")
         # _io serialises take() and gc() (disk work, may be slow); _known_lock guards the
         # set of versions and is only held briefly, so path() never waits for a copy.
@@ -175,7 +199,7 @@ class SnapshotStore:
             final = os.path.join(self.root, version_id)
             counts = _Counts()
             try:
-                os.mkdir(tmp)
+                _mkdir(tmp)
                 self._copy_tree(src_root, tmp, counts)
                 os.rename(tmp, final)  # a version exists completely or not at all
             except BaseException:
@@ -252,7 +276,7 @@ class SnapshotStore:
                     if is_link:
                         self._copy_symlink(src_root, entry.path, rel_dir, dst)
                     elif is_dir:
-                        os.mkdir(dst)
+                        _mkdir(dst)
                         stack.append(rel)
                     elif entry.is_file(follow_symlinks=False):
                         self._copy_file(entry.path, dst, entry.stat(follow_symlinks=False), counts)
@@ -286,8 +310,9 @@ class SnapshotStore:
                 # EMLINK: the object reached the filesystem's link limit. Copy instead.
                 log.debug("cannot link %s into snapshot (%s); copying", src, exc)
         shutil.copy2(src, dst)
-        # The working directory is writable: owner write even when the source was read-only.
-        os.chmod(dst, stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
+        # The working directory is writable (owner write even when the source was read-only),
+        # and private to the daemon's user and group.
+        os.chmod(dst, snapshot_file_mode(st.st_mode))
         counts.files_copied += 1
         counts.bytes_copied += st.st_size
 
@@ -302,7 +327,7 @@ class SnapshotStore:
         if how != "link":
             # Our own copy: make it read-only, so a predictor cannot write into a model that
             # other versions share. (A hard link is the user's inode; its mode is theirs.)
-            os.chmod(tmp, stat.S_IMODE(os.stat(tmp).st_mode) & ~0o222)
+            os.chmod(tmp, object_mode(os.stat(tmp).st_mode))
         os.rename(tmp, obj)
         log.debug("object %s for %s (%s)", key, src, how)
         return obj

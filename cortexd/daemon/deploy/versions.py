@@ -16,7 +16,7 @@ from cortexd.daemon.deploy.envs import EnvBuilder
 from cortexd.daemon.deploy.fingerprint import api_fingerprint
 from cortexd.daemon.deploy.snapshots import Snapshot, SnapshotStore
 from cortexd.daemon.fleet.state import Version
-from cortexd.models import fetch_model
+from cortexd.models import ArchiveLimits, evict, fetch_model
 
 REQUIREMENTS = "requirements.txt"
 
@@ -24,10 +24,11 @@ Log = Callable[[str], None]
 
 
 class VersionFactory:
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, archive_limits: ArchiveLimits | None = None) -> None:
         self.snapshots = SnapshotStore(os.path.join(state_dir, "snapshots"))
         self.envs = EnvBuilder(os.path.join(state_dir, "envs"))
         self.model_cache = os.path.join(state_dir, "models")
+        self.archive_limits = archive_limits or ArchiveLimits()  # serve --max-model-unpacked/-ratio
         self._numbers: dict[str, int] = {}  # per API: versions count 1, 2, 3... for each
 
     @staticmethod
@@ -38,7 +39,7 @@ class VersionFactory:
     def fetch_model(self, api: Api, project_dir: str, log: Log) -> str | None:
         if api.predictor.model is None:
             return None
-        return fetch_model(api.predictor.model, project_dir, self.model_cache, log)
+        return fetch_model(api.predictor.model, project_dir, self.model_cache, log, self.archive_limits)
 
     def env_key(self, project_dir: str) -> str | None:
         req = self.requirements(project_dir)
@@ -85,6 +86,12 @@ class VersionFactory:
     def _next_number(self, api: str) -> int:
         self._numbers[api] = self._numbers.get(api, 0) + 1
         return self._numbers[api]
+
+    def evict_models(self, versions_kept: Collection[Version], max_bytes: int) -> list[str]:
+        """Keep the model cache within max_bytes (serve --model-cache-size), never removing a
+        model of `versions_kept` (those running, and the previous version of each API).
+        Blocking: call it from a thread. Returns the removed cache entries."""
+        return evict(self.model_cache, [v.model_path for v in versions_kept if v.model_path], max_bytes)
 
     def gc(self, versions_in_use: Collection[Version]) -> None:
         """Remove snapshots and environments no running replica uses."""

@@ -13,19 +13,19 @@ recorded an OOM kill when it exited is reported as over memory before its exit.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import weakref
 from typing import Callable
 
 from cortexd.daemon.fleet.cgroups import ReplicaCgroups
 from cortexd.daemon.systemd import child_env
 from cortexd.daemon.fleet.events import Event, ReplicaExited, ReplicaLoadFailed, ReplicaOverMemory, ReplicaReady
 from cortexd.daemon.fleet.lifecycle import SpawnRequest
-from cortexd import protocol
+from cortexd import paths, protocol, safefs
 
 log = logging.getLogger("cortexd.spawner")
 
@@ -65,8 +65,10 @@ class ProcessSpawner:
         extra_env: dict[str, str] | None = None,
         cgroups: ReplicaCgroups | None = None,
     ) -> None:
-        self.dir = replica_socket_dir(runtime_dir)
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        # A new private folder at every start (cortexd/paths.py), removed when the spawner goes.
+        socket_dir = replica_socket_dir(runtime_dir)
+        self.dir = socket_dir.path
+        self._remove_dir = weakref.finalize(self, socket_dir.remove)
         self._post = post
         self._output = output  # (api, replica_id, line)
         self._gpu_env = gpu_env
@@ -161,14 +163,12 @@ def replica_spec(request: SpawnRequest) -> protocol.ReplicaSpec:
     )
 
 
-def replica_socket_dir(runtime_dir: str) -> str:
-    """Where replica sockets live: under the runtime directory unless that path is so long
-    that a socket name would overflow AF_UNIX's 108 bytes; then a short private folder."""
-    wanted = os.path.join(runtime_dir, "r")
-    if len(wanted) <= 60:
-        return wanted
-    digest = hashlib.sha256(os.path.abspath(runtime_dir).encode()).hexdigest()[:12]
-    return f"/tmp/cortexd-{os.getuid()}-{digest}"
+def replica_socket_dir(runtime_dir: str) -> paths.SocketDir:
+    """Make this start's replica socket folder: checked runtime folder, then a new 0700
+    folder with an unpredictable name inside it (or in /tmp when the runtime folder's path
+    is too long for socket names). Never a predictable, reusable path."""
+    runtime_dir = safefs.ensure_dir(runtime_dir, safefs.DIR_MODE, group=paths.RUNTIME_GROUP)
+    return paths.new_replica_socket_dir(runtime_dir)
 
 
 class _Watcher:

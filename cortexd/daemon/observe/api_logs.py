@@ -7,6 +7,10 @@ memory, so a crash's reason (its traceback) can go into the API's last_error.
 `write` is called on the daemon's event loop for every line a replica prints; it only
 queues the line. A writer thread does the file I/O (write, flush, rotate), so a chatty
 replica or a slow disk never stalls the proxy.
+
+Logs may hold request bodies (`?debug=true`) and tracebacks with data in them: the folder is
+0750 and every file 0640 whatever the umask, opened without following symlinks and only if
+it is the daemon's own file (cortexd/safefs.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import threading
 import time
 from collections import deque
 from typing import IO
+
+from cortexd import safefs
 
 log = logging.getLogger("cortexd.logs")
 
@@ -32,8 +38,7 @@ def log_path(log_dir: str, api: str) -> str:
 
 class ApiLogs:
     def __init__(self, log_dir: str, max_bytes: int = MAX_BYTES, backups: int = BACKUPS) -> None:
-        self.log_dir = log_dir
-        os.makedirs(log_dir, exist_ok=True)
+        self.log_dir = safefs.ensure_dir(log_dir, safefs.DIR_MODE)
         self.max_bytes = max_bytes
         self.backups = backups
         self._files: dict[str, IO[str]] = {}  # the writer thread's alone
@@ -103,7 +108,7 @@ class ApiLogs:
     def _file(self, api: str) -> IO[str]:
         f = self._files.get(api)
         if f is None:
-            f = self._files[api] = open(log_path(self.log_dir, api), "a", encoding="utf-8")
+            f = self._files[api] = safefs.open_append(log_path(self.log_dir, api), safefs.FILE_MODE)
         return f
 
     def _rotate(self, api: str) -> None:

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Union
 
+from cortexd import safefs
+
 if TYPE_CHECKING:
     from cortexd.config import Tracker
 
@@ -179,11 +181,17 @@ class PredictionTracker:
         self._last_prune_minute: int | None = None
         self._closed = False
         self.warnings: list[str] = []  # what happened to the database file (shown by `get`, /metrics)
-        parent = os.path.dirname(os.path.abspath(db_path))
-        os.makedirs(parent, exist_ok=True)
         self._db, self._inode = self._connect()
 
     def _connect(self) -> tuple[sqlite3.Connection, int]:
+        # The database holds what predictions said: 0640 in a 0750 folder whatever the umask.
+        # SQLite gives its -wal and -shm files the database file's mode.
+        parent = safefs.ensure_dir(os.path.dirname(os.path.abspath(self._db_path)), safefs.DIR_MODE)
+        self._db_path = os.path.join(parent, os.path.basename(self._db_path))
+        safefs.prepare_file(self._db_path, safefs.FILE_MODE)
+        for suffix in ("-wal", "-shm"):
+            if os.path.lexists(self._db_path + suffix):
+                safefs.prepare_file(self._db_path + suffix, safefs.FILE_MODE)
         # check_same_thread=False: the daemon registers from the loop and flushes from a thread;
         # _db_lock makes that use sequential.
         db = sqlite3.connect(self._db_path, check_same_thread=False, isolation_level=None, timeout=10.0)
@@ -291,6 +299,10 @@ class PredictionTracker:
         """`observe` for a raw JSON response body; parses only when `api` is tracked."""
         track = self._apis.get(api)
         if track is None:
+            return
+        if type(body) is not bytes and str(getattr(body, "content_type", "")).startswith("text/plain"):
+            # A str prediction sent as text (serving/answers.py): the label itself.
+            self.observe(api, bytes(body).decode("utf-8", "replace"))
             return
         try:
             prediction = _loads(body)

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sanic.http.constants import Stage
 from sanic.server.protocols.http_protocol import HttpProtocol
 
+from cortexd.daemon.serving.access import ENDPOINT, METRICS, READYZ, Access, route_kind
+from cortexd.daemon.serving.answers import head_too_large
 from cortexd.daemon.serving.proxy import Answer, Proxy
 
 log = logging.getLogger("cortexd.app")
 
 JSON = "application/json"
-CORS = {"Access-Control-Allow-Origin": "*"}
 
 _OVERLOADED_BODY = b'{"error": "too many open connections; try again"}'
 OVERLOADED = (
@@ -82,8 +84,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpProtocol]:
     return GuardedHttpProtocol
 
 
-def build_app(proxy: Proxy, views: Views, limits: ConnectionLimits, name: str = "cortexd") -> Any:
+def build_app(proxy: Proxy, views: Views, access: Access, limits: ConnectionLimits, name: str = "cortexd") -> Any:
     from sanic import Sanic
+    from sanic.compat import Header
     from sanic.exceptions import SanicException
     from sanic.response import HTTPResponse
 
@@ -98,24 +101,38 @@ def build_app(proxy: Proxy, views: Views, limits: ConnectionLimits, name: str = 
     app.config.REQUEST_TIMEOUT = limits.header_timeout_s
     app.config.RESPONSE_TIMEOUT = limits.header_timeout_s + limits.request_timeout_s + 5
 
-    def respond(answer: Answer) -> HTTPResponse:
-        headers = dict(CORS)
+    def respond(answer: Answer, cors: dict[str, str]) -> HTTPResponse:
+        headers = dict(cors)
         if answer.headers:
             headers.update(answer.headers)
-        return HTTPResponse(answer.body, status=answer.status, headers=headers, content_type=JSON)
+        body = answer.body
+        if type(body) is bytes:  # JSON: the hot path
+            return HTTPResponse(body, status=answer.status, headers=headers, content_type=JSON)
+        # A prediction that is not JSON (bytes, text, a Response): the replica's content type
+        # and headers (serving/answers.py); ours (CORS, Retry-After) come first.
+        return HTTPResponse(
+            bytes(body), status=answer.status, content_type=getattr(body, "content_type", JSON),
+            headers=Header(list(headers.items()) + list(getattr(body, "headers", ()))),
+        )
 
-    def json_response(status: int, obj: Any, headers: dict[str, str] | None = None) -> HTTPResponse:
-        return respond(Answer(status, json.dumps(obj).encode(), headers))
+    def json_response(status: int, obj: Any, headers: dict[str, str] | None = None,
+                      cors: dict[str, str] | None = None) -> HTTPResponse:
+        return respond(Answer(status, json.dumps(obj).encode(), headers), cors or {})
+
+    def refused(kind: str, request: Any) -> HTTPResponse | None:
+        refusal = access.check(kind, request.method, request.headers)
+        if refusal is None:
+            return None
+        return HTTPResponse(refusal.body, status=refusal.status, headers=refusal.headers, content_type=JSON)
 
     def handler_started(request: Any) -> None:
         # The body has arrived: from here the handler's own deadlines apply (the proxy's
         # request timeout), so restart Sanic's clock for the response timeout.
         protocol = request.transport.get_protocol() if request.transport is not None else None
         if protocol is not None and hasattr(protocol, "_time"):
-            from time import monotonic
+            protocol._time = time.monotonic()
 
-            protocol._time = monotonic()
-
+    # No CORS headers on the daemon's own paths: browsers have no business there.
     @app.get("/healthz")
     async def healthz(request: Any) -> HTTPResponse:
         ok, body = views.liveness()
@@ -123,34 +140,46 @@ def build_app(proxy: Proxy, views: Views, limits: ConnectionLimits, name: str = 
 
     @app.get("/readyz")
     async def readyz(request: Any) -> HTTPResponse:
+        denied = refused(READYZ, request)
+        if denied is not None:
+            return denied
         ok, not_ready = views.readiness()
         return json_response(200 if ok else 503, {"ready": ok, "not_ready": not_ready})
 
     @app.get("/metrics")
     async def metrics(request: Any) -> HTTPResponse:
+        denied = refused(METRICS, request)
+        if denied is not None:
+            return denied
         body, ctype = views.metrics_text()
-        return HTTPResponse(body, status=200, headers=dict(CORS), content_type=ctype)
+        return HTTPResponse(body, status=200, content_type=ctype)
 
     async def endpoint(request: Any, path: str = "") -> HTTPResponse:
         route = request.path.rstrip("/") or "/"
+        method = request.method
+        headers = request.headers
+        if method == "OPTIONS":  # a CORS preflight: no key, requested headers echoed
+            return HTTPResponse(b"", status=204, headers=access.cors(ENDPOINT, headers, preflight=True))
+        denied = refused(ENDPOINT, request)  # before routing: without a key, no list of endpoints
+        if denied is not None:
+            return denied
+        cors = access.cors(ENDPOINT, headers)
         api = proxy.routes.get(route)
         if api is None:
-            return json_response(404, {"error": f"no API is served at {route}"})
-        method = request.method
+            return json_response(404, {"error": f"no API is served at {route}"}, cors=cors)
         if method == "POST":
             if not proxy.accepting:
-                return json_response(503, {"error": "cortexd is shutting down"}, {"Retry-After": "5", "Connection": "close"})
+                return json_response(503, {"error": "cortexd is shutting down"},
+                                     {"Retry-After": "5", "Connection": "close"}, cors)
             handler_started(request)
-            return respond(await proxy.predict(api, request.body, request.query_string))
+            debug = access.debug(request.query_string, request.ip)
+            answer = await proxy.predict(api, request.body, debug.upstream_query)
+            if debug.header is not None:
+                answer.headers = {**(answer.headers or {}), debug.header[0]: debug.header[1]}
+            return respond(answer, cors)
         if method == "GET":
-            return json_response(200, views.api_summary(api))
-        if method == "OPTIONS":
-            return HTTPResponse(
-                b"", status=204,
-                headers={**CORS, "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-                         "Access-Control-Allow-Headers": "Content-Type"},
-            )
-        return json_response(405, {"error": f"{method} is not allowed; POST a JSON body to {route}"})
+            return json_response(200, views.api_summary(api), cors=cors)
+        return json_response(405, {"error": f"{method} is not allowed; POST a JSON body to {route}"}, cors=cors)
 
     methods = ["GET", "POST", "OPTIONS", "PUT", "PATCH", "DELETE"]
     app.add_route(endpoint, "/", methods=methods, name="root")
@@ -160,8 +189,13 @@ def build_app(proxy: Proxy, views: Views, limits: ConnectionLimits, name: str = 
     async def sanic_error(request: Any, exc: SanicException) -> HTTPResponse:
         status = getattr(exc, "status_code", 500) or 500
         message = str(exc) or getattr(exc, "message", "") or "error"
-        if status == 413:
+        if status == 413 and "header" in message.lower():
+            # Sanic says 413 for a head over its limit: 414 when the URL alone is, else 431.
+            stream = getattr(request, "stream", None)
+            status, message = head_too_large(getattr(stream, "recv_buffer", None),
+                                             request.app.config.REQUEST_MAX_HEADER_SIZE)
+        elif status == 413:
             message = f"request body is larger than the limit ({proxy.settings.max_body_bytes} bytes)"
-        return json_response(status, {"error": message})
+        return json_response(status, {"error": message}, cors=access.cors(route_kind(request.path), request.headers))
 
     return app

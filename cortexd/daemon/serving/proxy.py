@@ -53,7 +53,7 @@ class ProxyObserver(Protocol):
 @dataclass
 class Answer:
     status: int
-    body: bytes
+    body: bytes  # plain bytes: JSON; an answers.TypedPayload: its own content type and headers
     headers: dict[str, str] | None = None
 
 

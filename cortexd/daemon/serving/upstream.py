@@ -14,6 +14,7 @@ import asyncio
 from typing import Callable
 
 from cortexd import protocol
+from cortexd.daemon.serving.answers import payload_of
 
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -28,6 +29,10 @@ class UpstreamError(Exception):
         super().__init__(message)
         self.sent = sent
 
+
+# The head of the usual answer (cortexd/replica/server.py): JSON, status 200. Any other head
+# is read for its content type and headers (answers.payload_of).
+_JSON_OK_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
 
 _HEAD_AFTER_TARGET = b" HTTP/1.1\r\nhost: replica\r\ncontent-type: application/json\r\ncontent-length: "
 
@@ -144,6 +149,7 @@ class _Wire(asyncio.Protocol):
         self._body_at = -1  # offset of the body in _buf once the header block is parsed
         self._status = 0
         self._length = 0
+        self._head: bytes | None = None  # the header block of an answer off the JSON fast path
 
     def write(self, target: str, body: bytes) -> None:
         head = request_head(target, len(body))
@@ -188,6 +194,7 @@ class _Wire(asyncio.Protocol):
                 self._protocol_error("malformed answer")
                 return
             self._body_at = end + 4
+            self._head = None if buf.startswith(_JSON_OK_HEAD) else bytes(buf[:end])
         start, length = self._body_at, self._length
         if len(buf) < start + length:
             self._keep(buf)
@@ -196,6 +203,8 @@ class _Wire(asyncio.Protocol):
             self._protocol_error("more bytes than the answer's content-length")
             return
         payload = bytes(buf[start:])
+        if self._head is not None:
+            payload = payload_of(self._head, payload)  # bytes, or a TypedPayload with its headers
         self._buf = bytearray()
         self._body_at = -1
         owner._answered(self._status, payload)
