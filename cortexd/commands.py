@@ -9,6 +9,7 @@ command line renders the answer.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from dataclasses import dataclass, field
@@ -59,6 +60,13 @@ def _render_get(args: argparse.Namespace, result: Any) -> int:
 
 def _render_predict(args: argparse.Namespace, result: Any) -> int:
     out = sys.stdout if result["status"] == 200 else sys.stderr
+    if "body_base64" in result:  # not text: the raw bytes, as the HTTP endpoint sends them
+        out.buffer.write(base64.b64decode(result["body_base64"]))
+        out.flush()
+        return EXIT_OK if result["status"] == 200 else EXIT_FAILED
+    if not str(result.get("content_type", "application/json")).startswith("application/json"):
+        print(result["body"], file=out)
+        return EXIT_OK if result["status"] == 200 else EXIT_FAILED
     try:
         print(json.dumps(json.loads(result["body"]), indent=2), file=out)
     except ValueError:

@@ -119,6 +119,12 @@ def test_bytes_go_out_raw_as_octet_stream(answers_daemon: Daemon) -> None:
     assert resp.status == 200
     assert resp.headers["content-type"] == "application/octet-stream"
     assert resp.body == bytes(range(256))  # every byte as it was: nothing replaced by U+FFFD
+    sample = os.path.join(answers_daemon.base, "bytes.json")
+    with open(sample, "w") as f:
+        json.dump({"kind": "bytes"}, f)
+    out = subprocess.run([sys.executable, "-m", "cortexd", "predict", "answers", sample], capture_output=True,
+                         timeout=60, env={**answers_daemon.env, "CORTEXD_RUNTIME_DIR": answers_daemon.runtime_dir})
+    assert out.returncode == 0 and out.stdout == bytes(range(256)), out  # `cortexd predict` too
     assert resp.headers["access-control-allow-origin"] == "*"
 
 
@@ -500,3 +506,13 @@ def test_cors_on_endpoints_only(tmp_path: Any) -> None:
     finally:
         daemon.stop()
 
+
+
+def test_a_second_daemon_on_the_same_runtime_folder_is_refused(answers_daemon: Daemon, tmp_path: Any) -> None:
+    second = subprocess.run(
+        [sys.executable, "-m", "cortexd", "serve", "--config", os.path.join(answers_daemon.project, "cortex.yaml"),
+         "--host", "127.0.0.1", "--port", str(free_port()), "--runtime-dir", answers_daemon.runtime_dir,
+         "--state-dir", str(tmp_path / "s"), "--log-dir", str(tmp_path / "l")],
+        capture_output=True, text=True, timeout=60, env=answers_daemon.env)
+    assert second.returncode == 1 and "another cortexd is running" in second.stderr, second.stderr
+    assert answers_daemon.client().post("/sec/answers", {"kind": "json"}).status == 200  # the first one serves on

@@ -13,6 +13,7 @@ import grp
 import json
 import logging
 import os
+import socket
 from typing import Any, AsyncIterator, Awaitable, Callable, Union
 
 from cortexd.commands import BY_NAME
@@ -40,8 +41,34 @@ def bind_handlers(target: object) -> dict[str, Handler]:
     return handlers
 
 
+class ControlSocketBusy(Exception):
+    """Another daemon answers on this control socket."""
+
+
+def in_use(path: str) -> bool:
+    """A daemon answers on this control socket."""
+    return os.path.lexists(path) and _answers(path)
+
+
+def _answers(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 async def start_control_server(path: str, handlers: dict[str, Handler]) -> asyncio.AbstractServer:
-    if os.path.exists(path):
+    if os.path.lexists(path):
+        # A socket left by a daemon that died is replaced; one a running daemon answers on is
+        # not taken over (two daemons on one runtime folder would fight over replicas' names).
+        if _answers(path):
+            raise ControlSocketBusy(f"{path}: another cortexd is running with this runtime folder; stop it or "
+                                    "give this one another --runtime-dir")
         os.unlink(path)
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -5,6 +5,7 @@ by the pure functions of observe/views.py."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import time
 from dataclasses import dataclass
@@ -64,7 +65,13 @@ class Handlers:
         name = self._known(str(request.get("api", "")), self.s.supervisor.snapshot())
         body = str(request.get("body", "")).encode()
         answer = await self.s.proxy.predict(name, body, "debug=true" if request.get("debug") else "")
-        return {"status": answer.status, "body": answer.body.decode("utf-8", "replace")}
+        content_type = getattr(answer.body, "content_type", "application/json")
+        if content_type.startswith(("application/json", "text/")):
+            return {"status": answer.status, "content_type": content_type,
+                    "body": bytes(answer.body).decode("utf-8", "replace")}
+        # Bytes (a bytes prediction, an image...) cross the JSON control socket in base64.
+        return {"status": answer.status, "content_type": content_type,
+                "body_base64": base64.b64encode(answer.body).decode()}
 
     async def reload(self, request: dict[str, Any]) -> dict[str, Any]:
         return (await self.s.reload(list(request.get("force") or []))).as_dict()

@@ -23,7 +23,8 @@ from typing import Any
 
 from cortexd import __version__
 from cortexd.config import Api, Config, ConfigError, load_config
-from cortexd.daemon.control import bind_handlers, start_control_server
+from cortexd.daemon.control import ControlSocketBusy, bind_handlers, start_control_server
+from cortexd.daemon.control import in_use as control_in_use
 from cortexd.daemon.deploy.blocking import run_blocking
 from cortexd.daemon.deploy.reloader import Hooks, Reloader, ReloaderSettings, ReloadReport
 from cortexd.daemon.deploy.versions import VersionFactory
@@ -157,6 +158,10 @@ class Daemon:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self) -> int:
+        if control_in_use(control_socket(self.settings.runtime_dir)):
+            print(f"cortexd: another cortexd is running with runtime folder {self.settings.runtime_dir}; stop it or "
+                  "give this one another --runtime-dir", file=sys.stderr)
+            return 1
         try:
             config = load_config(self.settings.config)
         except ConfigError as exc:
@@ -190,7 +195,12 @@ class Daemon:
         # Quick: declares the APIs and starts one pipeline each; none is waited for. Done before
         # the control socket opens, so `cortexd get` never sees a daemon without its APIs.
         await self.reloader.apply(config, [], wait=False)
-        control = await start_control_server(control_socket(self.settings.runtime_dir), bind_handlers(self.handlers))
+        try:
+            control = await start_control_server(control_socket(self.settings.runtime_dir), bind_handlers(self.handlers))
+        except ControlSocketBusy as exc:
+            print(f"cortexd: {exc}", file=sys.stderr)
+            server.close()
+            return 1
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload([])))
         self.notifier.ready(self.status_line())
         await self.stop_requested.wait()
