@@ -22,6 +22,8 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cortexd.units import format_bytes
+
 GIB = 1 << 30
 MIB = 1 << 20
 DEFAULT_MAX_UNPACKED = 16 * GIB
@@ -60,12 +62,8 @@ class ArchiveLimits:
 
 
 def format_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit} ({n:,} bytes)"
-        size /= 1024
-    return f"{n} B"
+    """A size with its exact byte count, for refusals a user may want to compare: "1.1 GiB (1,181,116,006 bytes)"."""
+    return f"{n} B" if n < 1024 else f"{format_bytes(n)} ({n:,} bytes)"
 
 
 def limit_problem(archive_bytes: int, unpacked_bytes: int, members: int, limits: ArchiveLimits) -> str | None:

@@ -30,7 +30,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable
 
-from cortexd import safefs
+from cortexd import safefs, units
 from cortexd.model_archives import ArchiveError, ArchiveLimits, extract
 from cortexd.model_cache import evict, touch
 
@@ -129,14 +129,8 @@ def display_url(url: str) -> str:
 
 
 def format_bytes(n: int | None) -> str:
-    if n is None:
-        return "size unknown"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+    """A download's size for the logs ("size unknown" when the server did not say)."""
+    return units.format_bytes(n, none="size unknown")
 
 
 def is_stale_partial(mtime: float, now: float, max_age: float = STALE_PARTIAL_S) -> bool:

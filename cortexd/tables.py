@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cortexd.units import format_bytes
+
 GAP = "   "
 NONE = "-"
 
@@ -179,16 +181,7 @@ def latency(ms: float | None) -> str:
 
 def human_bytes(n: int | float | None) -> str:
     """Binary units: "512 B", "123.4 MiB"; "-" when unknown."""
-    if n is None:
-        return NONE
-    value = float(n)
-    if abs(value) < 1024:
-        return f"{int(value)} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if abs(value) < 1024 or unit == "TiB":
-            break
-    return f"{value:.1f} {unit}"
+    return format_bytes(n, none=NONE)
 
 
 def _count(value: Any) -> str:

@@ -1,4 +1,6 @@
-"""Quantities as people read them: the one byte formatter (binary units)."""
+"""Byte counts as people read them, in the two forms cortexd writes: binary units with a
+space for tables and logs ("1.5 GiB"), and cortex.yaml's own quantities for messages about
+what a user configured ("1.5Gi", as they would write compute.mem)."""
 
 from __future__ import annotations
 
@@ -17,3 +19,12 @@ def format_bytes(n: int | float | None, none: str = "-", decimals: int = 1) -> s
         if abs(value) < 1024:
             break
     return f"{value:.{decimals}f} {unit}"
+
+
+def format_quantity(n: int) -> str:
+    """As cortex.yaml writes sizes: 1073741824 -> "1Gi", 1610612736 -> "1.5Gi", 100 -> "100"."""
+    for unit, size in (("Ti", 1024**4), ("Gi", 1024**3), ("Mi", 1024**2), ("Ki", 1024)):
+        if n >= size:
+            text = f"{n / size:.2f}".rstrip("0").rstrip(".")
+            return f"{text}{unit}"
+    return f"{n}"

@@ -6,13 +6,13 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cortexd.units import format_quantity
 from cortexd.daemon.fleet.admission import (
     Capacity,
     Request,
     admit,
     cgroup_cpu_limit,
     cgroup_memory_limit,
-    format_bytes,
     format_cpu,
     machine_capacity,
     parse_cpu_max,
@@ -61,8 +61,8 @@ def test_format_cpu(cores: float, text: str) -> None:
 @pytest.mark.parametrize(
     "n, text", [(GiB, "1Gi"), (1536 * MiB, "1.5Gi"), (200 * MiB, "200Mi"), (2048, "2Ki"), (100, "100"), (2 * 1024**4, "2Ti")]
 )
-def test_format_bytes(n: int, text: str) -> None:
-    assert format_bytes(n) == text
+def test_format_quantity(n: int, text: str) -> None:
+    assert format_quantity(n) == text
 
 
 @pytest.mark.parametrize(

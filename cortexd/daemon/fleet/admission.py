@@ -14,6 +14,8 @@ from pathlib import Path
 
 import psutil
 
+from cortexd.units import format_quantity
+
 # Float sums of requests like 0.1 + 0.2 must not refuse a replica that fits exactly.
 _CPU_EPSILON = 1e-6
 # cgroup v1 writes "no limit" as a huge number rounded down to a page (LONG_MAX & ~4095).
@@ -44,10 +46,10 @@ def admit(request: Request, admitted: Sequence[Request], capacity: Capacity) -> 
     want = request.mem or 0
     mem_used = sum(r.mem or 0 for r in admitted)
     if want > 0 and mem_used + want > capacity.mem:
-        head = f"needs {format_bytes(want)} memory per replica"
+        head = f"needs {format_quantity(want)} memory per replica"
         if want > capacity.mem:
-            return False, f"{head}; the machine has {format_bytes(capacity.mem)}"
-        return False, (f"{head}; {format_bytes(mem_used)} of {format_bytes(capacity.mem)} "
+            return False, f"{head}; the machine has {format_quantity(capacity.mem)}"
+        return False, (f"{head}; {format_quantity(mem_used)} of {format_quantity(capacity.mem)} "
                        f"requested by running replicas")
     return True, ""
 
@@ -58,13 +60,6 @@ def format_cpu(cores: float) -> str:
     return text or "0"
 
 
-def format_bytes(n: int) -> str:
-    """Binary units as cortex.yaml writes them: 1073741824 -> "1Gi", 1610612736 -> "1.5Gi"."""
-    for unit, size in (("Ti", 1024**4), ("Gi", 1024**3), ("Mi", 1024**2), ("Ki", 1024)):
-        if n >= size:
-            text = f"{n / size:.2f}".rstrip("0").rstrip(".")
-            return f"{text}{unit}"
-    return f"{n}"
 
 
 # --------------------------------------------------------------------------- capacity

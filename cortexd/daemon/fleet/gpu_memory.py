@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from cortexd.daemon.fleet.admission import format_bytes
+from cortexd.units import format_quantity
 from cortexd.daemon.fleet.gpus import GpuInfo
 from cortexd.daemon.fleet.placement import Holding, device_loads
 
@@ -78,9 +78,9 @@ class OverGpuMemory:
     def reason(self) -> str:
         """Why it was stopped, for the API's last error (the caller adds the time)."""
         return (
-            f"replica {self.replica_id} was stopped for using {format_bytes(self.used_bytes)} of GPU memory "
-            f"on GPU {self.device}, above its gpu_mem of {format_bytes(self.limit_bytes)} by more than "
-            f"the margin of {format_bytes(self.margin_bytes)}"
+            f"replica {self.replica_id} was stopped for using {format_quantity(self.used_bytes)} of GPU memory "
+            f"on GPU {self.device}, above its gpu_mem of {format_quantity(self.limit_bytes)} by more than "
+            f"the margin of {format_quantity(self.margin_bytes)}"
         )
 
 

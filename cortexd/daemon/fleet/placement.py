@@ -27,7 +27,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from cortexd.daemon.fleet.admission import format_bytes, format_cpu
+from cortexd.daemon.fleet.admission import format_cpu
+from cortexd.units import format_quantity
 from cortexd.daemon.fleet.gpus import GpuInfo
 
 # Float sums of shares like 0.1 + 0.2 + 0.7 must not refuse a share that fits exactly.
@@ -148,7 +149,7 @@ def _what(request: GpuRequest) -> str:
     else:
         what = f"{request.count} GPU{'s' if request.count != 1 else ''}"
     if request.gpu_mem:
-        what += f" with {format_bytes(request.gpu_mem)} of GPU memory"
+        what += f" with {format_quantity(request.gpu_mem)} of GPU memory"
     return what
 
 
@@ -159,7 +160,7 @@ def _card(gpu: GpuInfo) -> int:
 
 def _memory_short(request: GpuRequest, load: DeviceLoad) -> str | None:
     if request.gpu_mem and load.free_memory < request.gpu_mem:
-        return f"{format_bytes(load.free_memory) if load.free_memory else 'no'} GPU memory free"
+        return f"{format_quantity(load.free_memory) if load.free_memory else 'no'} GPU memory free"
     return None
 
 
