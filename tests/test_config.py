@@ -145,7 +145,7 @@ API_CASES: list[tuple[str, tuple[int, int | None, str, str]]] = [
     ("python: {predictor: predictor.py}\ncompute: 3", (1, 3, "compute", "expected a mapping with keys: min_replicas, max_replicas")),
     ("python: {predictor: predictor.py}\ncompute: {min_replica: 2}",
      (1, None, "compute.min_replica", 'unknown key; did you mean "min_replicas"? (accepted: min_replicas, max_replicas, '
-      "init_replicas, target_cpu_utilization, cpu, gpu, mem)")),
+      "init_replicas, target_cpu_utilization, cpu, gpu, mem, mem_limit)")),
     # compute: bounds between keys
     ("python: {predictor: predictor.py}\ncompute: {min_replicas: 3, max_replicas: 2}",
      (1, None, "compute.max_replicas", "must be >= min_replicas (3)")),

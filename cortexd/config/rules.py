@@ -102,6 +102,18 @@ def _compute_value(compute: Section | None, key: str) -> Any:
     return default_of(COMPUTE_KEYS, key) if compute is None else compute.get(key, default_of(COMPUTE_KEYS, key))
 
 
+def mem_limit_ok(compute: Section | None, scope: Scope, path: str = "compute.") -> bool:
+    """A hard limit below the request would stop every replica that uses what it asked for."""
+    if compute is None:
+        return True
+    mem, limit = compute.get("mem"), compute.get("mem_limit")
+    if mem is not None and limit is not None and limit < mem:
+        scope.add(compute.key_mark("mem_limit"), path + "mem_limit",
+                  f"must be >= mem, the request ({mem} bytes); got {limit} bytes")
+        return False
+    return True
+
+
 def compute_of(section: Section, scope: Scope) -> Compute | None:
     """Compute with defaults filled and the bounds between replica counts checked."""
     if "compute" in section.invalid:
@@ -131,7 +143,7 @@ def compute_of(section: Section, scope: Scope) -> Compute | None:
             f"must be within [min_replicas, max_replicas] = [{low}, {high}] (got {init})",
         )
         return None
-    if invalid or not bounds_ok:
+    if invalid or not bounds_ok or not mem_limit_ok(compute, scope):
         return None
     return Compute(
         min_replicas=low,
@@ -141,6 +153,7 @@ def compute_of(section: Section, scope: Scope) -> Compute | None:
         cpu=_compute_value(compute, "cpu"),
         gpu=_compute_value(compute, "gpu"),
         mem=_compute_value(compute, "mem"),
+        mem_limit=_compute_value(compute, "mem_limit"),
     )
 
 
