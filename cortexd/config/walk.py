@@ -356,6 +356,8 @@ def _read_value(
         return _string_map(node, src)
     if key.type == "list":
         return _read_list(node, key, key_mark, path, scope, src)
+    if key.type == "any":   # a key noted as without effect: any value is accepted as it is
+        return src.value(node), None
     value, problem = _scalar(key, node, src)
     if problem is None and key.check is not None:
         value, problem = CHECKS[key.check](value, scope.project_dir)
