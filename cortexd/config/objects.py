@@ -10,6 +10,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+# How the replica calls the user's code (Api.call): defined with the replica's side of it.
+from cortexd.callconv import (  # noqa: F401 (re-exported for the config's users)
+    CALL_CLASS,
+    CALL_CLASS_KWARGS,
+    CALL_HANDLER,
+    CALL_MODULE,
+    CALL_V011,
+    CALLS,
+)
 from cortexd.config.schema import COMPUTE_KEYS, default_of
 
 
@@ -33,13 +42,6 @@ class Tracker:
     key: str | None = None
 
 
-# How the replica calls the user's code; one value per era of Cortex's predictor interface.
-CALL_MODULE = "module"            # seed: predict(sample, metadata), optional init(metadata); or the classes below
-CALL_V011 = "v0.11"               # init(model_path, metadata) / predict(sample, metadata); request_handler for onnx/tf
-CALL_CLASS = "class"              # v0.12-v0.16: PythonPredictor(config) ...; predict(self, payload)
-CALL_CLASS_KWARGS = "class-kwargs"  # v0.17-v0.33: predict(self, payload?, query_params?, headers?) by name
-CALL_HANDLER = "handler"          # v0.34-v0.35: class Handler, handle_post(self, payload?, query_params?, headers?)
-CALLS: tuple[str, ...] = (CALL_MODULE, CALL_V011, CALL_CLASS, CALL_CLASS_KWARGS, CALL_HANDLER)
 
 
 @dataclass(frozen=True)

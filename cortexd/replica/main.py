@@ -19,11 +19,14 @@ import socket
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cortexd import protocol
 from cortexd.replica.bodies import BodyError, encode_prediction, parse_body
 from cortexd.protocol import LoadFailed, Ready, ReplicaSpec, StatusMessage, encode_status, read_spec_fd
+from cortexd.replica.calls import error_status
+from cortexd.replica.packages import missing_package_hint
 from cortexd.replica.predictors import PayloadError, Predictor, PredictorLoadError, load_predictor
 from cortexd.replica.server import Handler, ReplicaProtocol
 
@@ -51,16 +54,20 @@ def _log(message: str) -> None:
     sys.stderr.flush()
 
 
-def build_handler(predictor: Predictor) -> Handler:
-    """The replica's requests: POST /predict runs the predictor, GET /info describes it."""
+def build_handler(predictor: Predictor, dialect: str = "seed") -> Handler:
+    """The replica's requests: POST /predict runs the predictor, GET /info describes it.
+
+    A predictor that takes query_params or headers (Cortex v0.17+) gets them; a predictor
+    exception answers the status its Cortex release answered (calls.error_status)."""
     predict = predictor.predict
+    predict_request = getattr(predictor, "predict_request", None) if getattr(predictor, "wants", None) else None
     predict_path, info_path = protocol.PREDICT_PATH, protocol.INFO_PATH
     loads = parse_body
 
     def error(status: int, message: str) -> tuple[int, bytes]:
         return status, json.dumps({"error": message}).encode()
 
-    def handle(method: str, path: str, query: str, body: bytes) -> tuple[int, bytes]:
+    def handle(method: str, path: str, query: str, body: bytes, headers: list[tuple[str, str]] | None = None) -> tuple[int, bytes]:
         if path == predict_path and method == "POST":
             debug = query.find("debug=true") >= 0
             try:
@@ -70,12 +77,14 @@ def build_handler(predictor: Predictor) -> Handler:
             if debug:
                 _log(f"debug: sample: {_truncate(body.decode('utf-8', 'replace'))}")
             try:
-                result = predict(payload)
+                result = predict(payload) if predict_request is None else predict_request(payload, query, headers)
             except PayloadError as exc:
                 return error(400, str(exc))
             except BaseException as exc:  # sys.exit() and KeyboardInterrupt too: answer, never die
                 _log(f"prediction failed:\n{traceback.format_exc()}")
-                return error(500, f"prediction failed: {type(exc).__name__}: {exc}")
+                hint = missing_package_hint(exc)
+                return error(error_status(dialect, exc),
+                             f"prediction failed: {type(exc).__name__}: {exc}" + (f"; {hint}" if hint else ""))
             try:
                 encoded = encode_prediction(result)
             except BaseException as exc:  # a result too deep to encode raises RecursionError
@@ -99,7 +108,10 @@ def _send_status(fd: int, message: StatusMessage) -> None:
 
 
 async def serve(predictor: Predictor, ctx: ReplicaSpec, socket_path: str, status_fd: int) -> None:
-    handler = build_handler(predictor)
+    handler = build_handler(predictor, ctx.dialect)
+    # threads_per_process > 1: requests run in a pool of that size, one per daemon connection
+    executor = ThreadPoolExecutor(ctx.threads, thread_name_prefix="request") if ctx.threads > 1 else None
+    want_headers = "headers" in getattr(predictor, "wants", ())
     connections: set[ReplicaProtocol] = set()
     if os.path.exists(socket_path):
         os.unlink(socket_path)
@@ -108,7 +120,8 @@ async def serve(predictor: Predictor, ctx: ReplicaSpec, socket_path: str, status
     os.chmod(socket_path, 0o600)
     sock.listen(64)
     loop = asyncio.get_running_loop()
-    server = await loop.create_unix_server(lambda: ReplicaProtocol(handler, connections), sock=sock)
+    server = await loop.create_unix_server(
+        lambda: ReplicaProtocol(handler, connections, executor, want_headers), sock=sock)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

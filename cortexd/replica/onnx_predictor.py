@@ -24,6 +24,8 @@ import numpy as np
 from cortexd.models import ModelFetchError, unpack_local_zip
 from cortexd.replica.jsonable import InputMismatch, describe_shape, name_mismatch, to_array, to_jsonable
 from cortexd.protocol import ReplicaSpec
+from cortexd.callconv import CALL_MODULE
+from cortexd.replica.conventions import user_class
 from cortexd.replica.predictors import (
     PayloadError,
     Predictor,
@@ -242,5 +244,7 @@ def load(ctx: ReplicaSpec) -> Predictor:
     if not ctx.predictor_path:
         return _OutputsByName(client)
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
+    if ctx.call != CALL_MODULE:
+        return user_class(module, ctx, {"onnx_client": client}, client.describe)
     instance = construct_user_class(module, "ONNXPredictor", client, ctx.config, ("onnx_client",))
     return UserPredictor(instance, client.describe)

@@ -19,7 +19,10 @@ from typing import Any
 
 from cortexd.models import ModelFetchError, unpack_local_zip
 from cortexd.replica.jsonable import InputMismatch, name_mismatch, to_array, to_jsonable
+from cortexd.replica.tf_outputs import flat_outputs, signature_def_map
 from cortexd.protocol import ReplicaSpec
+from cortexd.callconv import CALL_MODULE
+from cortexd.replica.conventions import user_class
 from cortexd.replica.predictors import (
     PayloadError,
     Predictor,
@@ -147,11 +150,13 @@ def configure_runtime(tf: Any, cpu: float) -> None:
 
 
 class TensorFlowClient:
-    """Runs one signature of a SavedModel; `predict(dict)` returns {output: nested lists}."""
+    """Runs one signature of a SavedModel; `predict(dict)` returns {output: nested lists}, or with
+    outputs="flat" {output: flat value list} as every released Cortex gave it (tf_outputs.py)."""
 
-    def __init__(self, model_path: str, signature_key: str | None = None, cpu: float = 1.0) -> None:
+    def __init__(self, model_path: str, signature_key: str | None = None, cpu: float = 1.0, outputs: str = "shaped") -> None:
         import numpy as np
 
+        self._flat = outputs == "flat"
         tf = _import_tf()
         self._tf = tf
         configure_runtime(tf, cpu)
@@ -204,7 +209,25 @@ class TensorFlowClient:
         except self._errors as exc:
             # our checks passed but the graph refused (a shape a later op fixes): the payload's fault
             raise PayloadError(f"the model rejected the inputs: {_first_line(exc)}") from None
+        if self._flat:
+            return flat_outputs({name: value.numpy() for name, value in outputs.items()})
         return {name: to_jsonable(value.numpy()) for name, value in outputs.items()}
+
+    def signature_def_map(self) -> dict[str, Any]:
+        """Every signature of the model as a SignatureDef map in protobuf's JSON mapping (v0.11's
+        request handlers got it as `signature`)."""
+
+        def specs(structure: Any) -> list[tuple[str, str, tuple[int | None, ...] | None]]:
+            return [(name, spec.dtype.name, _spec_shape(spec)) for name, spec in sorted(structure.items())]
+
+        signatures = {}
+        for key, fn in self.model.signatures.items():
+            args, kwargs = fn.structured_input_signature
+            inputs = dict(kwargs)
+            for spec in args:
+                inputs[spec.name] = spec
+            signatures[key] = (specs(inputs), specs(dict(fn.structured_outputs)))
+        return signature_def_map(signatures)
 
     def describe(self) -> dict[str, Any]:
         def entry(name: str, spec: Any) -> dict[str, Any]:
@@ -232,10 +255,12 @@ def _first_line(exc: BaseException) -> str:
 def load(ctx: ReplicaSpec) -> Predictor:
     if not ctx.model_path:
         raise PredictorLoadError(f"api {ctx.api_name}: tensorflow.model is required")
-    client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu)
+    client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu, outputs=ctx.tf_outputs)
     if not ctx.predictor_path:  # the API answers the signature's outputs by name
         return UserPredictor(client, client.describe)
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
+    if ctx.call != CALL_MODULE:
+        return user_class(module, ctx, {"tensorflow_client": client, "tf_client": client}, client.describe)
     instance = construct_user_class(
         module, "TensorFlowPredictor", client, ctx.config, ("tensorflow_client", "tf_client")
     )

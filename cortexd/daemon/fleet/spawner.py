@@ -161,6 +161,11 @@ def replica_spec(request: SpawnRequest) -> protocol.ReplicaSpec:
         # CUDA_VISIBLE_DEVICES renumbers the chosen GPUs from 0 inside the replica.
         gpus=list(range(len(request.gpus))),
         cpu=api.compute.cpu,
+        call=api.call,
+        tf_outputs=api.predictor.tf_outputs,
+        threads=api.threads_per_process,
+        env=dict(api.env),
+        dialect=api.dialect,
     )
 
 
