@@ -44,11 +44,10 @@ class ReplicaSpec:
     cpu: float = 0.2
     # How the user's code is called and answers (the API's cortex.yaml dialect decides; see
     # cortexd/callconv.py and cortexd/config/dialects.py).
+    # It also decides the TensorFlow outputs' form and the status of a predictor exception.
     call: str = "module"
-    tf_outputs: str = "shaped"  # "flat": TensorFlow outputs as flat value lists, as Cortex v0.11-v0.35 gave them
     threads: int = 1  # requests served at once through a thread pool (threads_per_process)
     env: dict[str, str] = field(default_factory=dict)  # set before the user's code is imported
-    dialect: str = "seed"  # decides the status of a predictor exception (406 in v0.11-v0.13)
 
 
 @dataclass(frozen=True)

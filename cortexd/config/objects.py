@@ -51,9 +51,6 @@ class PredictorSpec:
     model: str | None                   # local model: absolute path; remote: the URL as written
     signature_key: str | None           # tensorflow only
     config: dict[str, Any]              # the section's config, else the API's metadata, else {}
-    # How TensorFlow outputs reach the predictor: "shaped" nested lists (cortexd's seed dialect)
-    # or "flat" value lists per output, as TF Serving's protobuf JSON mapping gave every release.
-    tf_outputs: str = "shaped"
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,6 @@ def build_v011(section: Section, deployment: str | None, scope: Scope) -> ApiDra
                     model=kind_section.get("model"),
                     signature_key=kind_section.get("signature_key"),
                     config=metadata,
-                    tf_outputs="flat",
                 ),
                 tracker=tracker_of(section),
                 compute=compute,
@@ -71,20 +70,26 @@ def build_v011(section: Section, deployment: str | None, scope: Scope) -> ApiDra
     return ApiDraft(name, section.key_mark("name"), endpoint, endpoint_mark, api)
 
 
-def typed_model(kind_section: Section, kind: str, path: str, scope: Scope, model_keys: tuple[str, ...]) -> tuple[bool, str | None]:
+def typed_model(kind_section: Section, kind: str, path: str, scope: Scope, model_keys: tuple[str, ...],
+                python_model: bool = False) -> tuple[bool, str | None]:
     """(ok, model) of a `predictor: {type, ...}` section: tensorflow and onnx need exactly one
-    model key of `model_keys` (checked as that kind of model); python takes none."""
+    model key of `model_keys` (checked as that kind of model); python takes none, unless
+    `python_model` (v0.11's interface: an optional model fetched for init)."""
     given = [k for k in model_keys if kind_section.has_value(k)]
+    if len(given) > 1:
+        scope.add(kind_section.key_mark(given[1]), path + given[1],
+                  f"{given[0]} is given too (line {kind_section.key_mark(given[0]).line}); keep one")
+        return False, None
+    if kind == "python" and python_model:   # optional, any format: the predictor loads it
+        if not given:
+            return True, None
+        return given[0] not in kind_section.invalid, kind_section.get(given[0])
     if kind == "python":
         for k in given:
             scope.add(kind_section.key_mark(k), path + k,
                       "a python predictor loads its model itself (pass where it is in config); "
                       f"{k} is for tensorflow and onnx predictors")
         return not given, None
-    if len(given) > 1:
-        scope.add(kind_section.key_mark(given[1]), path + given[1],
-                  f"{given[0]} is given too (line {kind_section.key_mark(given[0]).line}); keep one")
-        return False, None
     if not given:
         alternatives = " or ".join(model_keys + (("models.path",) if "model_path" in model_keys else ()))
         scope.add(kind_section.where, path + model_keys[0],
@@ -153,8 +158,7 @@ def build_v012(section: Section, deployment: str | None, scope: Scope) -> ApiDra
                     predictor=predictor.get("path"),
                     model=model,
                     signature_key=predictor.get("signature_key"),
-                    config=predictor.get("config") or {},
-                    tf_outputs="flat",
+                    config=predictor.get("config") or {}
                 ),
                 tracker=tracker_of(section),
                 compute=compute,

@@ -6,8 +6,11 @@ from dataclasses import dataclass
 
 from cortexd.config.errors import ConfigIssue
 from cortexd.config.objects import (
+    CALL_CLASS,
     CALL_CLASS_KWARGS,
     CALL_HANDLER,
+    CALL_MODULE,
+    CALL_V011,
     Api,
     Autoscaling,
     Batching,
@@ -19,6 +22,7 @@ from cortexd.config.objects import (
 )
 from cortexd.config.rules import ApiDraft, checked_endpoint, mem_limit_ok, one_of, replica_counts, tracker_of
 from cortexd.config.rules_old import env_of, signature_ok, typed_model, update_strategy_of
+from cortexd.config.schema import COMPUTE_KEYS as COMPUTE_KEYS_SEED
 from cortexd.config.schema import default_of, keys_by_name
 from cortexd.config.schema_realtime import API_KEYS, AUTOSCALING_KEYS, COMPUTE_KEYS
 from cortexd.config.walk import Entry, Scope, Section
@@ -64,13 +68,16 @@ def _endpoint(section: Section, name: str | None, scope: Scope) -> tuple[str | N
     return f"/{name}", section.key_mark("name"), True
 
 
-def _model(ps: Section, kind: str, path: str, scope: Scope) -> tuple[bool, str | None, str | None]:
+def _model(ps: Section, kind: str, path: str, scope: Scope, python_model: bool) -> tuple[bool, str | None, str | None]:
     """(ok, model, signature_key) of the predictor: `model` (v0.14-v0.17), `model_path` (v0.18-v0.24)
-    or `models.path` (v0.18+, one model); the signature from the predictor or from `models`."""
+    or `models.path` (v0.18+, one model); the signature from the predictor or from `models`.
+    `python_model`: a python predictor may have one (v0.11's interface)."""
     models: Section | None = ps.get("models")
     if "models" in ps.invalid:
         return False, None, None
     if models is not None:
+        if kind == "python" and python_model and models.has_value("path") and not models.invalid:
+            return True, models.get("path"), None
         if kind == "python":
             scope.add(ps.key_mark("models"), path + "models", "a python predictor takes no models; "
                       "it loads its model itself (pass where it is in config)")
@@ -97,7 +104,7 @@ def _model(ps: Section, kind: str, path: str, scope: Scope) -> tuple[bool, str |
             scope.add(models.key_mark("path"), path + "models.path", problem)
             return False, None, None
         return True, resolved, signature
-    ok, model = typed_model(ps, kind, path, scope, ("model", "model_path"))
+    ok, model = typed_model(ps, kind, path, scope, ("model", "model_path"), python_model)
     return ok, model, ps.get("signature_key")
 
 
@@ -122,6 +129,23 @@ def _parallelism(ps: Section, auto: Section | None, path: str, scope: Scope) -> 
             return None
         values.append(ps.get(new) or (auto.get(old) if auto is not None else None) or 1)
     return values[0], values[1]
+
+
+_REQUEST_BASED = tuple(k.name for k in AUTOSCALING_KEYS[AUTOSCALING_KEYS.index(
+    next(k for k in AUTOSCALING_KEYS if k.name == "target_replica_concurrency")):])
+
+
+def _cpu_rule(auto: Section | None, scope: Scope) -> tuple[bool, int | None]:
+    """(ok, target_cpu_utilization): cortexd's key for keeping the CPU rule, alone."""
+    if auto is None or not auto.has_value("target_cpu_utilization"):
+        return True, None
+    mixed = [k for k in _REQUEST_BASED if auto.has_value(k)]
+    if mixed:
+        scope.add(auto.key_mark(mixed[0]), f"autoscaling.{mixed[0]}",
+                  f"target_cpu_utilization (line {auto.key_mark('target_cpu_utilization').line}) autoscales on CPU; "
+                  "request-based keys do not apply then: keep one rule")
+        return False, None
+    return True, auto.get("target_cpu_utilization")
 
 
 def _autoscaling(auto: Section | None, concurrency: int, scope: Scope) -> Autoscaling | None:
@@ -152,7 +176,7 @@ def _autoscaling(auto: Section | None, concurrency: int, scope: Scope) -> Autosc
     )
 
 
-def _compute(section: Section, counts: tuple[int, int, int], scope: Scope) -> Compute | None:
+def _compute(section: Section, counts: tuple[int, int, int], scope: Scope, cpu_target: int | None) -> Compute | None:
     compute: Section | None = section.get("compute")
     if "compute" in section.invalid or (compute is not None and compute.invalid):
         return None
@@ -165,6 +189,7 @@ def _compute(section: Section, counts: tuple[int, int, int], scope: Scope) -> Co
     low, high, init = counts
     return Compute(
         min_replicas=low, max_replicas=high, init_replicas=init,
+        target_cpu_utilization=cpu_target if cpu_target is not None else default_of(COMPUTE_KEYS_SEED, "target_cpu_utilization"),
         cpu=_default(COMPUTE_KEYS, "cpu", compute), gpu=_default(COMPUTE_KEYS, "gpu", compute),
         mem=_default(COMPUTE_KEYS, "mem", compute), mem_limit=_default(COMPUTE_KEYS, "mem_limit", compute),
     )
@@ -201,6 +226,20 @@ def _tracker(section: Section, scope: Scope) -> tuple[bool, Tracker | None]:
     return True, tracker_of(section, which) if which else None
 
 
+_INTERFACE_CALLS: dict[str, str] = {"v0.11": CALL_V011, "december-2019": CALL_MODULE, "v0.12": CALL_CLASS}
+
+
+def _file_given(ps: Section, kind: str, interface: str | None, path: str, scope: Scope) -> bool:
+    """`path` is required, but for tensorflow and onnx APIs of the interfaces where the model
+    answers by itself (v0.11 without a request handler, december-2019 without a predictor)."""
+    if ps.has_value("path"):
+        return "path" not in ps.invalid
+    if kind != "python" and interface in ("v0.11", "december-2019"):
+        return True
+    scope.add(ps.where, path + "path", "required: the predictor's file, relative to the folder holding cortex.yaml")
+    return False
+
+
 def build_realtime(section: Section, deployment: str | None, scope: Scope) -> ApiDraft:
     """A v0.14-v0.35 API (`deployment` is always "": these releases had none)."""
     name: str | None = section.get("name")
@@ -215,16 +254,20 @@ def build_realtime(section: Section, deployment: str | None, scope: Scope) -> Ap
     kind: str | None = ps.get("type") if ps is not None else None
     if ps is not None and key is not None and kind is not None:
         path = key + "."
-        model_ok, model, signature = _model(ps, kind, path, scope)
+        interface = ps.get("interface")
+        call = _INTERFACE_CALLS.get(interface) or (CALL_HANDLER if key == "handler" else CALL_CLASS_KWARGS)
+        file_ok = _file_given(ps, kind, interface, path, scope)
+        model_ok, model, signature = _model(ps, kind, path, scope, python_model=interface == "v0.11")
         sig_ok = signature_ok(ps, kind, path, scope)
         env = env_of(ps, path, scope)
         parallel = _parallelism(ps, auto, path, scope)
-        autoscaling = _autoscaling(auto, parallel[0] * parallel[1], scope) if parallel else None
+        cpu_ok, cpu_target = _cpu_rule(auto, scope)
+        autoscaling = _autoscaling(auto, parallel[0] * parallel[1], scope) if parallel and cpu_ok else None
         batch_ok, batching = _batching(ps, kind, path, parallel[1], parallel[0], scope) if parallel else (False, None)
-        compute = _compute(section, counts, scope) if counts is not None else None
+        compute = _compute(section, counts, scope, cpu_target) if counts is not None and cpu_ok else None
         python_path = ps.get("python_path") or scope.project_dir
         ready = model_ok and sig_ok and env is not None and parallel and autoscaling and batch_ok and tracker_ok
-        if ready and name and endpoint and endpoint_ok and compute and strategy and "path" in ps.entries:
+        if ready and file_ok and name and endpoint and endpoint_ok and compute and strategy and "interface" not in ps.invalid:
             assert env is not None and parallel is not None
             api = Api(
                 name=name,
@@ -232,7 +275,7 @@ def build_realtime(section: Section, deployment: str | None, scope: Scope) -> Ap
                 python_path=python_path,
                 predictor=PredictorSpec(
                     kind=kind, predictor=ps.get("path"), model=model, signature_key=signature,
-                    config=ps.get("config") or {}, tf_outputs="flat",
+                    config=ps.get("config") or {},
                 ),
                 tracker=tracker,
                 compute=compute,
@@ -240,8 +283,8 @@ def build_realtime(section: Section, deployment: str | None, scope: Scope) -> Ap
                 batching=batching,
                 threads_per_process=parallel[1],
                 dialect="realtime",
-                call=CALL_HANDLER if key == "handler" else CALL_CLASS_KWARGS,
-                autoscaling=autoscaling,
+                call=call,
+                autoscaling=autoscaling if cpu_target is None else None,
                 update_strategy=strategy,
                 env=env,
                 processes_per_replica=parallel[0],

@@ -32,6 +32,9 @@ REFUSED_KINDS: dict[str, str] = {
 }
 ALL_KINDS: tuple[str, ...] = API_KINDS + (SPLITTER_KIND,) + tuple(REFUSED_KINDS)
 PREDICTOR_TYPES: tuple[str, ...] = ("python", "tensorflow", "onnx")
+# cortexd's `interface` key: an older release's way of calling the predictor, kept in this
+# dialect so that `cortexd convert` can move any project here without touching its code.
+INTERFACES: tuple[str, ...] = ("v0.11", "december-2019", "v0.12")
 
 
 def _name_key(help_text: str) -> Key:
@@ -70,7 +73,12 @@ DEPENDENCIES_KEYS: tuple[Key, ...] = (
 PREDICTOR_KEYS: tuple[Key, ...] = (
     Key("type", "str", "the predictor's kind", required=True, choices=PREDICTOR_TYPES),
     Key("path", "str", "file with the predictor class (PythonPredictor, TensorFlowPredictor, ONNXPredictor; "
-        "Handler under handler:), relative to the folder holding cortex.yaml", required=True, check="predictor_file"),
+        "Handler under handler:), relative to the folder holding cortex.yaml (optional for tensorflow and onnx "
+        "with interface v0.11 or december-2019)", check="predictor_file"),
+    Key("interface", "str", "call the predictor as an older release did: v0.11 (init(model_path, metadata) / "
+        "predict(sample, metadata), request handlers), december-2019 (cortexd's first dialect; TensorFlow "
+        "outputs keep their shapes), v0.12 (classes, predict(self, payload)); default: by name, as v0.17+",
+        choices=INTERFACES, new=True),
     Key("model", "str", "tensorflow/onnx: the model (a path, file://, http(s):// or s3://)", check="any_model",
         versions="v0.14-v0.17"),
     Key("model_path", "str", "tensorflow/onnx: the model (a path, file://, http(s):// or s3://)", check="any_model",
@@ -132,6 +140,9 @@ AUTOSCALING_KEYS: tuple[Key, ...] = (
         versions="v0.14-v0.17"),
     Key("threads_per_worker", "int", "requests each process serves at once (a thread pool)", default=1, minimum=1,
         maximum=1024, versions="v0.14-v0.17"),
+    Key("target_cpu_utilization", "int", "autoscale on CPU instead (the rule of v0.11-v0.13 and cortexd's first "
+        "dialect): CPU use in percent of the cpu request; not with the request-based keys below",
+        minimum=1, maximum=100, new=True),
     Key("target_replica_concurrency", "float", "in-flight requests per replica that autoscaling aims at",
         default_doc="processes_per_replica * threads_per_process", minimum=0, min_exclusive=True),
     Key("max_replica_concurrency", "int", "in-flight requests per replica beyond which requests get 503",

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qsl
 
+from cortexd.callconv import CALL_CLASS, CALL_CLASS_KWARGS, CALL_HANDLER, CALL_V011
 from cortexd.replica.predictors import PredictorLoadError
 
 REQUEST_ARGS: tuple[str, ...] = ("payload", "query_params", "headers")
@@ -166,13 +167,15 @@ def _log_failure(future: Any) -> None:
         sys.stderr.write(f"post-response work failed: {type(exc).__name__}: {exc}\n")
 
 
-def error_status(dialect: str, exc: BaseException) -> int:
-    """The status a predictor exception answered with in the API's release (body: {"error": ...})."""
-    if dialect == "realtime":
+def error_status(call: str, exc: BaseException) -> int:
+    """The status a predictor exception answered with in the API's release (body: {"error": ...}):
+    v0.11-v0.13 (their interfaces: CALL_V011, CALL_CLASS) 406, v0.17+ 500 or the status of an
+    HTTPException the predictor raised, the seed 500 (cortexd's own)."""
+    if call in (CALL_CLASS_KWARGS, CALL_HANDLER):
         status = getattr(exc, "status_code", None)
         if type(exc).__name__ == "HTTPException" and isinstance(status, int) and 400 <= status <= 599:
             return status
         return 500
-    if dialect in ("v0.11", "v0.12"):
+    if call in (CALL_V011, CALL_CLASS):
         return 406
     return 500

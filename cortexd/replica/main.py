@@ -54,7 +54,7 @@ def _log(message: str) -> None:
     sys.stderr.flush()
 
 
-def build_handler(predictor: Predictor, dialect: str = "seed") -> Handler:
+def build_handler(predictor: Predictor, call: str = "module") -> Handler:
     """The replica's requests: POST /predict runs the predictor, GET /info describes it.
 
     A predictor that takes query_params or headers (Cortex v0.17+) gets them; a predictor
@@ -83,7 +83,7 @@ def build_handler(predictor: Predictor, dialect: str = "seed") -> Handler:
             except BaseException as exc:  # sys.exit() and KeyboardInterrupt too: answer, never die
                 _log(f"prediction failed:\n{traceback.format_exc()}")
                 hint = missing_package_hint(exc)
-                return error(error_status(dialect, exc),
+                return error(error_status(call, exc),
                              f"prediction failed: {type(exc).__name__}: {exc}" + (f"; {hint}" if hint else ""))
             try:
                 encoded = encode_prediction(result)
@@ -108,7 +108,7 @@ def _send_status(fd: int, message: StatusMessage) -> None:
 
 
 async def serve(predictor: Predictor, ctx: ReplicaSpec, socket_path: str, status_fd: int) -> None:
-    handler = build_handler(predictor, ctx.dialect)
+    handler = build_handler(predictor, ctx.call)
     # threads_per_process > 1: requests run in a pool of that size, one per daemon connection
     executor = ThreadPoolExecutor(ctx.threads, thread_name_prefix="request") if ctx.threads > 1 else None
     want_headers = "headers" in getattr(predictor, "wants", ())

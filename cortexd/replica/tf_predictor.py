@@ -255,7 +255,7 @@ def _first_line(exc: BaseException) -> str:
 def load(ctx: ReplicaSpec) -> Predictor:
     if not ctx.model_path:
         raise PredictorLoadError(f"api {ctx.api_name}: tensorflow.model is required")
-    client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu, outputs=ctx.tf_outputs)
+    client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu, outputs="shaped" if ctx.call == CALL_MODULE else "flat")
     if not ctx.predictor_path:  # the API answers the signature's outputs by name
         return UserPredictor(client, client.describe)
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)

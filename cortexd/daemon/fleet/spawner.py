@@ -162,10 +162,8 @@ def replica_spec(request: SpawnRequest) -> protocol.ReplicaSpec:
         gpus=list(range(len(request.gpus))),
         cpu=api.compute.cpu,
         call=api.call,
-        tf_outputs=api.predictor.tf_outputs,
         threads=api.threads_per_process,
         env=dict(api.env),
-        dialect=api.dialect,
     )
 
 
