@@ -48,7 +48,7 @@ _REALTIME_ITEM_KEYS = frozenset({"autoscaling", "update_strategy", "networking",
 _REALTIME_PREDICTOR_KEYS = frozenset({
     "model_path", "models", "processes_per_replica", "threads_per_process", "server_side_batching",
     "multi_model_reloading", "image", "tensorflow_serving_image", "log_level", "shm_size", "dependencies",
-    "protobuf_path",
+    "protobuf_path", "interface",
 })
 _V012_PREDICTOR_KEYS = frozenset({"type", "config", "env", "signature_key"})
 _V011_PREDICTOR_KEYS = frozenset({"metadata"})

@@ -84,6 +84,11 @@ def validate_report(path: str) -> ValidationReport:
     return _load(text, path)
 
 
+def validate_text(text: str, path: str) -> ValidationReport:
+    """The report of cortex.yaml's text (`path` names it and anchors relative paths)."""
+    return _load(text, path)
+
+
 def _read(path: str) -> tuple[str, ConfigIssue | None]:
     try:
         with open(path, "rb") as handle:
