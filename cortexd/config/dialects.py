@@ -92,7 +92,8 @@ def _vote(item: dict[str, yaml.Node], src: YamlSource, has_deployment: bool) -> 
         return dialect, path, mark_of(node)
 
     kind = _kind(item)
-    if kind in _REALTIME_KINDS:
+    if kind in _REALTIME_KINDS or (kind is not None and kind not in ("api", "deployment") and not has_deployment):
+        # a kind of v0.19+ (or a misspelling of one: only those releases had kinds beyond api)
         return found(REALTIME, f"kind: {kind}", item["kind"])
     for name in sorted(_REALTIME_ITEM_KEYS & item.keys()):
         return found(REALTIME, name, item[name])

@@ -244,7 +244,7 @@ def build_realtime(section: Section, deployment: str | None, scope: Scope) -> Ap
     """A v0.14-v0.35 API (`deployment` is always "": these releases had none)."""
     name: str | None = section.get("name")
     endpoint, endpoint_mark, endpoint_ok = _endpoint(section, name, scope)
-    key = one_of(section, scope, ("predictor", "handler"), _KEYS)
+    key = one_of(section, scope, ("predictor", "handler"), _KEYS, required="pod" not in section.given)
     auto: Section | None = section.get("autoscaling")
     counts = replica_counts(auto, "autoscaling.", scope) if "autoscaling" not in section.invalid else None
     tracker_ok, tracker = _tracker(section, scope)
