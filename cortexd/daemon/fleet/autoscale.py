@@ -122,7 +122,8 @@ def _prune(entries: tuple[tuple[float, int], ...], now: float, settings: Autosca
 #   ceil(current * max_upscale_factor) (but always allows +1), then 1 <= r, [min, max]
 #   scale down only to the highest recommendation of downscale_stabilization_period, and up
 #   only to the lowest of upscale_stabilization_period; during those periods after the API
-#   started, no scaling in that direction at all.
+#   started, no scaling in that direction at all. The recommendations are recorded after the
+#   rules that ignore history and before the two periods (Cortex's order).
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,9 @@ class ConcurrencyState:
     recommendations: tuple[tuple[float, int], ...] = ()    # (time, replicas) within the longer period
 
 
-# More samples than this in one window would only mean the daemon ticks absurdly often.
-MAX_SAMPLES = 10_000
+# More samples than this in one window would only mean the daemon ticks absurdly often
+# (at a 10 s tick, 1,000 samples cover a window of almost three hours).
+MAX_SAMPLES = 1000
 
 
 def concurrency_recommendation(mean_in_flight: float, current: int, spec: Compute, auto: Autoscaling) -> int:
@@ -165,14 +167,18 @@ def decide_concurrency(
     keep = max(auto.downscale_stabilization_period_s, auto.upscale_stabilization_period_s)
     recs = tuple(r for r in state.recommendations if r[0] >= now - keep)[-(MAX_SAMPLES - 1):] + ((now, rec),)
 
+    # Each period holds back its own direction only (as Cortex v0.35 did; earlier releases let
+    # the upscale period's minimum pull a steady count down, against their own documentation).
     request = rec
-    if now - started < auto.downscale_stabilization_period_s:
-        request = max(request, current)
-    else:
-        request = max(request, max(r for t, r in recs if t >= now - auto.downscale_stabilization_period_s))
-    if now - started < auto.upscale_stabilization_period_s:
-        request = min(request, current)
-    else:
-        request = min(request, min(r for t, r in recs if t >= now - auto.upscale_stabilization_period_s))
+    if request < current:
+        if now - started < auto.downscale_stabilization_period_s:
+            request = current
+        else:
+            request = max(request, max(r for t, r in recs if t >= now - auto.downscale_stabilization_period_s))
+    elif request > current:
+        if now - started < auto.upscale_stabilization_period_s:
+            request = current
+        else:
+            request = min(request, min(r for t, r in recs if t >= now - auto.upscale_stabilization_period_s))
     desired = clamp(request, spec)
     return desired, ConcurrencyState(started, desired, samples, recs)
