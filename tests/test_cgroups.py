@@ -275,7 +275,7 @@ def make_api(mem: int | None) -> Api:
     return Api(
         name="iris", endpoint="/d/iris", python_path="/p",
         predictor=PredictorSpec(kind="python", predictor="/p/p.py", model=None, signature_key=None, config={}),
-        tracker=None, compute=Compute(mem=mem), metadata={},
+        tracker=None, compute=Compute(mem=mem, mem_limit=mem), metadata={},   # the limit; mem the request
     )
 
 
@@ -366,6 +366,7 @@ def test_real_cgroup_kernel_oom_kill_shows_out_of_memory(tmp_path: Any) -> None:
             predictor: hog.py
           compute:
             mem: 200Mi
+            mem_limit: 200Mi
         - kind: api
           name: fine
           python:

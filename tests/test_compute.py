@@ -90,6 +90,7 @@ def test_memory_hog_is_stopped_as_out_of_memory_and_others_keep_serving(tmp_path
             predictor: hog.py
           compute:
             mem: 300Mi
+            mem_limit: 300Mi
         - kind: api
           name: fine
           python:

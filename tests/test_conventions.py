@@ -293,6 +293,14 @@ def test_flat_values(array: Any, flat: list[Any]) -> None:
     assert flat_values(array) == flat
 
 
+def test_cortex_releases_served_predict_among_several_signatures() -> None:
+    from cortexd.replica.tf_predictor import choose_signature
+
+    assert choose_signature(["predict", "serving_default"], None, "m", prefer_predict=True) == "predict"
+    with pytest.raises(PredictorLoadError, match="several signatures"):
+        choose_signature(["predict", "serving_default"], None, "m")   # the seed dialect asks
+
+
 def test_signature_def_map_in_the_json_mapping() -> None:
     got = signature_def_map({"serving_default": ([("x", "float32", (None, 4))], [("label", "int64", (None,))])})
     assert got == {"serving_default": {

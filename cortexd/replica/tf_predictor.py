@@ -61,8 +61,11 @@ def pick_version(names: list[str]) -> str | None:
     return max(numbered, key=int) if numbered else None
 
 
-def choose_signature(available: list[str], requested: str | None, where: str) -> str:
-    """The signature to serve; raises PredictorLoadError listing what the model has."""
+def choose_signature(available: list[str], requested: str | None, where: str, prefer_predict: bool = False) -> str:
+    """The signature to serve; raises PredictorLoadError listing what the model has.
+
+    `prefer_predict`: without a signature_key, a model with several signatures serves
+    "predict" when it has one, as every released Cortex did (estimators export it)."""
     listed = ", ".join(sorted(available)) or "none"
     if requested:
         if requested not in available:
@@ -72,6 +75,8 @@ def choose_signature(available: list[str], requested: str | None, where: str) ->
         return available[0]
     if not available:
         raise PredictorLoadError(f"{where}: the SavedModel has no signatures to serve")
+    if prefer_predict and "predict" in available:
+        return "predict"
     raise PredictorLoadError(f"{where}: the model has several signatures ({listed}); set tensorflow.signature_key")
 
 
@@ -166,7 +171,7 @@ class TensorFlowClient:
         except Exception as exc:  # TF raises a zoo of types for a broken SavedModel
             raise PredictorLoadError(f"{self.model_dir}: TensorFlow cannot load the SavedModel: {exc}") from exc
         self.signatures: list[str] = sorted(self.model.signatures.keys())
-        self.signature_key = choose_signature(self.signatures, signature_key, self.model_dir)
+        self.signature_key = choose_signature(self.signatures, signature_key, self.model_dir, prefer_predict=self._flat)
         self._fn = self.model.signatures[self.signature_key]
         args, kwargs = self._fn.structured_input_signature
         specs = dict(kwargs)
