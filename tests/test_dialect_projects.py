@@ -235,3 +235,62 @@ def test_mem_is_a_request_and_mem_limit_the_limit(tmp_path: Path) -> None:
         assert "out of memory" in (daemon.get("classifier")["reason"] or "")
     finally:
         daemon.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skip(reason="needs the daemon to route TrafficSplitter endpoints by weight")
+def test_traffic_splitter_weights_within_five_percent_over_2000_requests(tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "cortex.yaml").write_text(
+        "- {name: a, kind: RealtimeAPI, predictor: {type: python, path: a.py}}\n"
+        "- {name: b, kind: RealtimeAPI, predictor: {type: python, path: b.py}}\n"
+        "- name: ab\n  kind: TrafficSplitter\n  apis: [{name: a, weight: 30}, {name: b, weight: 70}]\n")
+    for name in ("a", "b"):
+        (project / f"{name}.py").write_text(
+            f"class PythonPredictor:\n    def __init__(self, config): pass\n    def predict(self, payload): return {name!r}\n")
+    daemon = Daemon(str(project), str(tmp_path / "d")).start(timeout=120)
+    try:
+        client = daemon.client()
+        answers = [client.post("/ab", {}).json() for _ in range(2000)]
+        assert abs(answers.count("a") / 2000 - 0.30) <= 0.05 and abs(answers.count("b") / 2000 - 0.70) <= 0.05
+        weights = {s["api"]: s["weight"] for s in daemon.get("ab")["apis"]}   # the weights, visible in `get`
+        assert weights == {"a": 30, "b": 70}
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skip(reason="needs the daemon to autoscale on in-flight requests (autoscale.decide_concurrency)")
+def test_target_replica_concurrency_scales_up_under_load_and_down_after_the_window(tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "cortex.yaml").write_text(
+        "- name: slow\n  kind: RealtimeAPI\n  predictor: {type: python, path: slow.py}\n"
+        "  autoscaling: {min_replicas: 1, max_replicas: 4, target_replica_concurrency: 1, window: 10s,\n"
+        "                upscale_stabilization_period: 0s, downscale_stabilization_period: 20s}\n")
+    (project / "slow.py").write_text(
+        "import time\nclass PythonPredictor:\n    def __init__(self, config): pass\n"
+        "    def predict(self, payload):\n        time.sleep(0.5)\n        return 1\n")
+    daemon = Daemon(str(project), str(tmp_path / "d")).start(timeout=120)
+    stop = threading.Event()
+
+    def load() -> None:
+        client = Client(daemon.port)
+        while not stop.is_set():
+            client.post("/slow", {})
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    try:
+        for w in workers:
+            w.start()
+        from tests.daemon_harness import wait_for
+
+        wait_for(lambda: len(daemon.replica_pids("slow")) >= 3, timeout=120, what="scale up to >= 3 replicas")
+        stop.set()
+        for w in workers:
+            w.join(30)
+        wait_for(lambda: len(daemon.replica_pids("slow")) == 1, timeout=180, what="scale down to 1 replica")
+    finally:
+        stop.set()
+        daemon.stop()

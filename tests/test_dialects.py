@@ -19,7 +19,7 @@ from cortexd.config import (
     load_config_text,
     validate_report,
 )
-from cortexd.config.dialects import REALTIME, SEED, V011, V012, detect
+from cortexd.config.dialects import SEED, detect
 from cortexd.config.loader import validate_text
 from cortexd.config.objects import CALL_CLASS, CALL_CLASS_KWARGS, CALL_HANDLER, CALL_MODULE, CALL_V011, Batching
 from cortexd.config.schema_realtime import AUTOSCALING_KEYS

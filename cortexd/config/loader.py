@@ -14,7 +14,7 @@ import yaml
 from cortexd.config import bounds
 from cortexd.config.dialects import REALTIME, SEED, V011, V012, Detection, Dialect, detect
 from cortexd.config.errors import ConfigError, ConfigIssue, sort_issues
-from cortexd.config.objects import Config
+from cortexd.config.objects import Config, TrafficSplitter
 from cortexd.config.read_deployment import ApiReader, read_deployment_file
 from cortexd.config.read_list import read_list_file
 from cortexd.config.rules import build_api
@@ -152,7 +152,7 @@ def _read_dialect(root: yaml.SequenceNode, src: YamlSource, path: str, project_d
     notes: list[ConfigIssue] = []
     dialect = detection.dialect
     reader = READERS[dialect.id]
-    splitters = []
+    splitters: list[TrafficSplitter] = []
     deployment: str | None
     if dialect is REALTIME or (dialect is V012 and not detection.has_deployment):
         drafts, splitters = read_list_file(root, path, project_dir, src, reader, issues, notes,

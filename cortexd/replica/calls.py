@@ -94,9 +94,10 @@ def construct(cls: type, available: dict[str, Any], where: str) -> Any:
     `available` maps accepted argument names to values (config, tensorflow_client, ...); a
     required argument outside it is a load error."""
     try:
-        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        shown = str(inspect.signature(cls))
+        params = list(inspect.signature(cls).parameters.values())   # the constructor's, without self
     except (TypeError, ValueError):
-        params = []
+        shown, params = "(...)", []
     kwargs: dict[str, Any] = {}
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -105,7 +106,7 @@ def construct(cls: type, available: dict[str, Any], where: str) -> Any:
             kwargs[p.name] = available[p.name]
         elif p.default is p.empty:
             raise PredictorLoadError(
-                f"{where}.__init__{inspect.signature(cls.__init__)}: unknown argument {p.name!r}; "
+                f"{where}.__init__{shown}: unknown argument {p.name!r}; "
                 f"accepted: {', '.join(available)}"
             )
     try:

@@ -43,7 +43,7 @@ def _expected_class(module: types.ModuleType, name: str, method: str, where: str
     if others:
         hint = f" (it has {others[0]}"
         hint += ": a Handler is written under `handler:`, the others under `predictor:`)" if "Handler" in (name, others[0]) \
-            else f": check the predictor's type)"
+            else ": check the predictor's type)"
     elif callable(getattr(module, "predict", None)):
         hint = " (it has a predict function: that is Cortex v0.11's interface, whose cortex.yaml has a deployment)"
     raise PredictorLoadError(f"{where}: expected a class {name} with a {method} method; no class {name} found{hint}")
