@@ -327,6 +327,11 @@ ERRORS: list[tuple[str, list[tuple[int, int | None, str | None, str, str]]]] = [
     ("- {name: a, kind: RealtimeAPI, predictor: {type: python, path: p.py}}\n"
      "- {name: s, kind: TrafficSplitter, apis: [{name: a, weight: 60}, {name: b, weight: 40}]}\n",
      [(2, 67, "s", "apis", '"b" is not an API of this file')]),
+    # a default endpoint /<name> may not be one of the daemon's paths
+    ("- name: metrics\n  kind: RealtimeAPI\n  predictor: {type: python, path: p.py}\n",
+     [(1, 3, "metrics", "name", "the default endpoint /metrics is reserved for the daemon (/metrics); set an endpoint")]),
+    ("- name: healthz\n  predictor: {type: python, path: p.py}\n",
+     [(1, 3, "healthz", "name", "the default endpoint /healthz is reserved")]),
 ]
 
 

@@ -76,6 +76,16 @@ def checked_endpoint(entry: Entry, key_path: str, scope: Scope) -> str | None:
     return endpoint
 
 
+def default_endpoint(name: str, name_mark: Mark, scope: Scope) -> str | None:
+    """/<name>, the default of dialects without a deployment; a reserved one is reported at the name."""
+    reserved = reserved_prefix(f"/{name}")
+    if reserved is not None:
+        scope.add(name_mark, "name", f'the default endpoint /{name} is reserved for the daemon ({reserved}); '
+                  "set an endpoint or rename the API")
+        return None
+    return f"/{name}"
+
+
 def endpoint_of(section: Section, deployment: str | None, name: str | None, scope: Scope) -> tuple[str | None, Mark]:
     """The API's normalised endpoint (explicit or default) and where to point errors about it.
 
@@ -88,7 +98,7 @@ def endpoint_of(section: Section, deployment: str | None, name: str | None, scop
     if "endpoint" in section.invalid or deployment is None or name is None:
         return None, name_mark
     if deployment == "":
-        return f"/{name}", name_mark
+        return default_endpoint(name, name_mark, scope), name_mark
     # Names are restricted to URL-safe characters; a reserved deployment name is reported once, at the deployment.
     return f"/{deployment}/{name}", name_mark
 

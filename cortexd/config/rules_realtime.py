@@ -20,7 +20,15 @@ from cortexd.config.objects import (
     TrafficSplitter,
     Tracker,
 )
-from cortexd.config.rules import ApiDraft, checked_endpoint, mem_limit_ok, one_of, replica_counts, tracker_of
+from cortexd.config.rules import (
+    ApiDraft,
+    checked_endpoint,
+    default_endpoint,
+    mem_limit_ok,
+    one_of,
+    replica_counts,
+    tracker_of,
+)
 from cortexd.config.rules_old import env_of, signature_ok, typed_model, update_strategy_of
 from cortexd.config.schema import COMPUTE_KEYS as COMPUTE_KEYS_SEED
 from cortexd.config.schema import default_of, keys_by_name
@@ -65,7 +73,8 @@ def _endpoint(section: Section, name: str | None, scope: Scope) -> tuple[str | N
     invalid = "endpoint" in section.invalid or (networking is not None and "endpoint" in networking.invalid)
     if invalid or name is None:
         return None, section.key_mark("name"), not invalid
-    return f"/{name}", section.key_mark("name"), True
+    endpoint = default_endpoint(name, section.key_mark("name"), scope)
+    return endpoint, section.key_mark("name"), endpoint is not None
 
 
 def _model(ps: Section, kind: str, path: str, scope: Scope, python_model: bool) -> tuple[bool, str | None, str | None]:
