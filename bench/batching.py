@@ -23,7 +23,7 @@ import urllib.request
 from typing import Any, Callable
 
 from bench.harness import BENCH_DIR, Server, cortexd_server, run_wrk
-from cortexd.config.durations import parse_duration
+from cortexd.config.quantities import parse_duration
 
 Row = dict[str, Any]
 

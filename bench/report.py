@@ -184,7 +184,7 @@ def _batch_pair(runs: list[Row], model: str, predictor: str, c: int) -> tuple[Ro
 
 
 def _interval_ms(setting: str) -> float:
-    from cortexd.config.durations import parse_duration
+    from cortexd.config.quantities import parse_duration
 
     return parse_duration(setting.partition("/")[2]) * 1000.0
 

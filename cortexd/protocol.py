@@ -51,6 +51,12 @@ class ReplicaSpec:
     # null instead of a 500, and a str as text/plain (Cortex v0.18 on) instead of a JSON string.
     nan_as_null: bool = False
     str_as_text: bool = False
+    # How the user's code is called and answers (the API's cortex.yaml dialect decides; see
+    # cortexd/callconv.py and cortexd/config/dialects.py).
+    # It also decides the TensorFlow outputs' form and the status of a predictor exception.
+    call: str = "module"
+    threads: int = 1  # requests served at once through a thread pool (threads_per_process)
+    env: dict[str, str] = field(default_factory=dict)  # set before the user's code is imported
 
 
 @dataclass(frozen=True)

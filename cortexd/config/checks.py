@@ -141,12 +141,23 @@ def batching_problem(kind: str, model: str | None, signature_key: str | None) ->
     return local_batch_problem(kind, model, signature_key)
 
 
+def check_any_model(value: str, project_dir: str) -> CheckResult:
+    """A model of any format (a file or a folder), for predictors that load it themselves."""
+    path, local, problem = model_source(value, project_dir)
+    if problem or not local:
+        return path, problem
+    if os.path.exists(path):
+        return path, None
+    return path, f"model not found: {_relative_note(value, path)}"
+
+
 # The checks the schema's `check` field names.
 CHECKS: dict[str, Callable[[str, str], CheckResult]] = {
     "predictor_file": check_predictor_file,
     "folder": check_folder,
     "onnx_model": check_onnx_model,
     "tensorflow_model": check_tensorflow_model,
+    "any_model": check_any_model,
 }
 
 

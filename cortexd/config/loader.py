@@ -1,33 +1,58 @@
-"""Loading cortex.yaml: the whole-file rules, and the public entry points.
+"""Loading cortex.yaml: bounds, the dialect, and the public entry points.
 
 `load_config` returns a Config or raises ConfigError with every problem in the file;
-`validate_path` returns the problems (for `cortexd validate`).
+`validate_path` returns the problems (for `cortexd validate`); `validate_report` also says
+which dialect the file was read in and which accepted keys have no effect in cortexd.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
+from dataclasses import dataclass, field
 
 import yaml
 
-from cortexd.config.checks import reserved_prefix
-from cortexd.config.errors import ConfigError, ConfigIssue
-from cortexd.config.objects import Api, Config
-from cortexd.config.rules import ApiDraft, build_api
-from cortexd.config.schema import API_KEYS, DEPLOYMENT_KEYS, RESOURCE_KINDS
-from cortexd.config.walk import Scope, read_section
-from cortexd.config.yamlsrc import (
-    STR_TAG,
-    Mark,
-    YamlSource,
-    mark_of,
-    node_kind,
-    syntax_error_mark,
-    syntax_error_message,
-)
+from cortexd.config import bounds
+from cortexd.config.dialects import REALTIME, SEED, V011, V012, Detection, Dialect, detect
+from cortexd.config.errors import ConfigError, ConfigIssue, sort_issues
+from cortexd.config.objects import Config, TrafficSplitter
+from cortexd.config.read_deployment import ApiReader, read_deployment_file
+from cortexd.config.read_list import read_list_file
+from cortexd.config.rules import build_api
+from cortexd.config.rules_old import build_v011, build_v012
+from cortexd.config.rules_realtime import build_realtime
+from cortexd.config.schema import API_KEYS, key_homes
+from cortexd.config.schema_old import V011_API_KEYS, V012_API_KEYS
+from cortexd.config.schema_realtime import API_KEYS as REALTIME_API_KEYS
+from cortexd.config.yamlsrc import Mark, YamlSource, mark_of, node_kind, syntax_error_mark, syntax_error_message
 
-_KINDS = ", ".join(RESOURCE_KINDS)
 _SHAPE = "a YAML list with one `kind: deployment` item and any number of `kind: api` items"
+
+READERS: dict[str, ApiReader] = {
+    SEED.id: ApiReader(SEED.id, API_KEYS, build_api, key_homes(API_KEYS)),
+    V011.id: ApiReader(V011.id, V011_API_KEYS, build_v011, key_homes(V011_API_KEYS)),
+    V012.id: ApiReader(V012.id, V012_API_KEYS, build_v012, key_homes(V012_API_KEYS)),
+    REALTIME.id: ApiReader(REALTIME.id, REALTIME_API_KEYS, build_realtime, key_homes(REALTIME_API_KEYS)),
+}
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What `cortexd validate` prints: the dialect, every error, and keys accepted without effect."""
+
+    path: str
+    dialect: Dialect | None          # None when the file could not be read or parsed
+    evidence: str                    # the key that decided the dialect, e.g. "predictor.type (line 4)"
+    errors: list[ConfigIssue]
+    notes: list[ConfigIssue] = field(default_factory=list)
+    config: Config | None = None
+
+    def headline(self) -> str:
+        """'cortex.yaml: Cortex v0.12–v0.13 dialect (predictor.type at line 4)'."""
+        name = os.path.basename(self.path) or self.path
+        if self.dialect is None:
+            return f"{name}: dialect unknown (the file could not be read)"
+        why = f" (read from {self.evidence})" if self.evidence else ""
+        return f"{name}: {self.dialect.title}{why}"
 
 
 def load_config(path: str) -> Config:
@@ -40,185 +65,103 @@ def load_config(path: str) -> Config:
 
 def load_config_text(text: str, path: str) -> Config:
     """Validate cortex.yaml's text; `path` names it in messages and anchors relative paths."""
-    config, issues = _load(text, path)
-    if issues or config is None:
-        raise ConfigError(issues)
-    return config
+    report = _load(text, path)
+    if report.errors or report.config is None:
+        raise ConfigError(report.errors)
+    return report.config
 
 
 def validate_path(path: str) -> list[ConfigIssue]:
     """Every problem in the file at `path`, sorted by line ([] when it is valid)."""
+    return validate_report(path).errors
+
+
+def validate_report(path: str) -> ValidationReport:
+    """The dialect, the problems (sorted by line) and the notes of the file at `path`."""
     text, issue = _read(path)
     if issue is not None:
-        return [issue]
-    return ConfigError(_load(text, path)[1]).errors
+        return ValidationReport(path, None, "", [issue])
+    return _load(text, path)
+
+
+def validate_text(text: str, path: str) -> ValidationReport:
+    """The report of cortex.yaml's text (`path` names it and anchors relative paths)."""
+    return _load(text, path)
 
 
 def _read(path: str) -> tuple[str, ConfigIssue | None]:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read(), None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return "", ConfigIssue(path, 0, 0, None, "", f"cannot read the file: {reason}")
-
-
-def _scalar_text(node: yaml.Node) -> str | None:
-    return node.value if isinstance(node, yaml.ScalarNode) and node.tag == STR_TAG else None
-
-
-def _lookup(item: yaml.MappingNode, name: str, src: YamlSource) -> yaml.Node | None:
+        with open(path, "rb") as handle:
+            data = handle.read(bounds.MAX_CONFIG_BYTES + 1)   # never more: an endless file stays bounded
+            size = os.fstat(handle.fileno()).st_size
+    except OSError as exc:
+        return "", ConfigIssue(path, 0, 0, None, "", f"cannot read the file: {exc.strerror or exc}")
+    if len(data) > bounds.MAX_CONFIG_BYTES:
+        return "", ConfigIssue(path, bounds.oversize_line(data), 1, None, "",
+                               bounds.oversize_message(size if size > bounds.MAX_CONFIG_BYTES else None))
     try:
-        pairs = src.pairs(item)
-    except yaml.YAMLError:
-        return None   # a broken merge; read_section reports it
-    for key_node, value_node in pairs:
-        if _scalar_text(key_node) == name:
-            found: yaml.Node = value_node
-            return found
-    return None
-
-
-def _item_kind(item: yaml.Node, index: int, file: str, src: YamlSource, issues: list[ConfigIssue]) -> str | None:
-    """The `kind` of a list item, reporting items that are not resources."""
-    if not isinstance(item, yaml.MappingNode):
-        issues.append(ConfigIssue(file, *_at(mark_of(item)), None, f"[{index}]",
-                                  f"expected a mapping with kind: {_KINDS}, got {node_kind(item)}"))
-        return None
-    kind_node = _lookup(item, "kind", src)
-    if kind_node is None:
-        issues.append(ConfigIssue(file, *_at(mark_of(item)), None, f"[{index}].kind",
-                                  f"required: the resource kind (one of: {_KINDS})"))
-        return None
-    kind = _scalar_text(kind_node)
-    if kind not in RESOURCE_KINDS:
-        if not isinstance(kind_node, yaml.ScalarNode):
-            got = node_kind(kind_node)
-        else:
-            got = f'"{kind_node.value}"' if kind_node.value else "null"
-        issues.append(ConfigIssue(file, *_at(mark_of(kind_node)), None, f"[{index}].kind",
-                                  f"must be one of: {_KINDS} (got {got})"))
-        return None
-    return kind
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        return "", ConfigIssue(path, 0, 0, None, "", f"cannot read the file: {exc}")
 
 
 def _at(mark: Mark) -> tuple[int, int]:
     return mark.line, mark.column
 
 
-def _api_label(item: yaml.MappingNode, src: YamlSource) -> str | None:
-    name_node = _lookup(item, "name", src)
-    name = _scalar_text(name_node) if name_node is not None else None
-    return name or None
-
-
-def _read_deployment(
-    items: list[tuple[int, yaml.MappingNode]], root: yaml.Node, file: str, project_dir: str,
-    src: YamlSource, issues: list[ConfigIssue],
-) -> tuple[str | None, Mark | None]:
-    """The deployment's name (None when missing or invalid) and where it is written."""
-    if not items:
-        issues.append(ConfigIssue(file, *_at(mark_of(root)), None, "",
-                                  "no deployment: add an item `- kind: deployment` with a `name`"))
-        return None, None
-    first = items[0][1]
-    for index, extra in items[1:]:
-        issues.append(ConfigIssue(
-            file, *_at(mark_of(extra)), None, f"[{index}]",
-            f"only one `kind: deployment` is allowed (the first is at line {mark_of(first).line})",
-        ))
-    scope = Scope(file, project_dir, None, "deployment.", issues)
-    section = read_section(first, DEPLOYMENT_KEYS, mark_of(first), "", scope, src)
-    if section is None:
-        return None, None
-    return section.get("name"), section.key_mark("name")
-
-
-def _check_reserved_deployment(
-    deployment: str | None, mark: Mark | None, apis_default: bool, file: str, issues: list[ConfigIssue]
-) -> None:
-    """Default endpoints live under /<deployment>: a deployment named like a reserved path takes them there."""
-    if deployment is None or mark is None or not apis_default:
-        return
-    reserved = reserved_prefix("/" + deployment)
-    if reserved is not None:
-        issues.append(ConfigIssue(
-            file, *_at(mark), None, "deployment.name",
-            f'the default endpoints /{deployment}/<api> would lie under the reserved path {reserved}; '
-            "rename the deployment or give each API an endpoint",
-        ))
-
-
-def _check_unique(drafts: list[tuple[ApiDraft, bool]], file: str, issues: list[ConfigIssue]) -> set[int]:
-    """Report duplicate API names and endpoints; the indexes of drafts that collide."""
-    colliding: set[int] = set()
-    names: dict[str, ApiDraft] = {}
-    endpoints: dict[str, ApiDraft] = {}
-    for index, (draft, default_endpoint) in enumerate(drafts):
-        if draft.name is not None:
-            first = names.setdefault(draft.name, draft)
-            if first is not draft:
-                issues.append(ConfigIssue(file, *_at(draft.name_mark), draft.name, "name",
-                                          f"duplicate API name (first at line {first.name_mark.line})"))
-                colliding.add(index)
-                continue   # its default endpoint repeats the first's: one error is enough
-        if draft.endpoint is None:
-            continue
-        if default_endpoint and reserved_prefix(draft.endpoint) is not None:
-            colliding.add(index)   # reported once, at the deployment's name
-            continue
-        first = endpoints.setdefault(draft.endpoint, draft)
-        if first is not draft:
-            issues.append(ConfigIssue(
-                file, *_at(draft.endpoint_mark), draft.name, "endpoint" if not default_endpoint else "name",
-                f'endpoint "{draft.endpoint}" is already used by api "{first.name}" (line {first.endpoint_mark.line})'
-                + ("" if not default_endpoint else "; set an endpoint"),
-            ))
-            colliding.add(index)
-    return colliding
-
-
-def _load(text: str, path: str) -> tuple[Config | None, list[ConfigIssue]]:
-    """The Config (None when anything is wrong) and every problem found."""
-    issues: list[ConfigIssue] = []
+def _load(text: str, path: str) -> ValidationReport:
+    """The report of cortex.yaml's text; its config is None when anything is wrong."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) > bounds.MAX_CONFIG_BYTES:
+        return ValidationReport(path, None, "", [ConfigIssue(
+            path, bounds.oversize_line(data), 1, None, "", bounds.oversize_message(len(data)))])
     project_dir = os.path.dirname(os.path.abspath(path))
     src = YamlSource(text)
     try:
         root = src.compose()
+    except bounds.ExpansionError as exc:
+        return ValidationReport(path, None, "", [ConfigIssue(path, *_at(syntax_error_mark(exc)), None, "", exc.message())])
     except yaml.YAMLError as exc:
-        return None, [ConfigIssue(path, *_at(syntax_error_mark(exc)), None, "", syntax_error_message(exc))]
+        return ValidationReport(path, None, "", [
+            ConfigIssue(path, *_at(syntax_error_mark(exc)), None, "", syntax_error_message(exc))])
     if root is None:
-        return None, [ConfigIssue(path, 1, 1, None, "", f"the file is empty; expected {_SHAPE}")]
+        return ValidationReport(path, SEED, "", [ConfigIssue(path, 1, 1, None, "", f"the file is empty; expected {_SHAPE}")])
+    detection = detect(root, src)
     if not isinstance(root, yaml.SequenceNode):
-        return None, [ConfigIssue(path, *_at(mark_of(root)), None, "", f"expected {_SHAPE}, got {node_kind(root)}")]
+        return ValidationReport(path, detection.dialect, detection.evidence, [
+            ConfigIssue(path, *_at(mark_of(root)), None, "", f"expected {_SHAPE}, got {node_kind(root)}")])
+    resources = [item for item in root.value if not _is_deployment(item, src)]
+    if len(resources) > bounds.MAX_APIS:
+        extra = resources[bounds.MAX_APIS]
+        return ValidationReport(path, detection.dialect, detection.evidence, [ConfigIssue(
+            path, *_at(mark_of(extra)), None, f"[{root.value.index(extra)}]", bounds.too_many_apis_message(len(resources)))])
+    return _read_dialect(root, src, path, project_dir, detection)
 
-    deployments: list[tuple[int, yaml.MappingNode]] = []
-    api_items: list[tuple[int, yaml.MappingNode]] = []
-    for index, item in enumerate(root.value):
-        kind = _item_kind(item, index, path, src, issues)
-        if kind == "deployment":
-            deployments.append((index, item))
-        elif kind == "api":
-            api_items.append((index, item))
-    deployment, deployment_mark = _read_deployment(deployments, root, path, project_dir, src, issues)
 
-    drafts: list[tuple[ApiDraft, bool]] = []
-    for index, item in api_items:
-        label = _api_label(item, src)
-        scope = Scope(path, project_dir, label, "" if label else f"[{index}].", issues)
-        before = len(issues)
-        section = read_section(item, API_KEYS, mark_of(item), "", scope, src)
-        if section is None:
-            continue
-        draft = build_api(section, deployment, scope)
-        if len(issues) > before:
-            draft = dataclasses.replace(draft, api=None)
-        drafts.append((draft, "endpoint" not in section.entries))
-    any_default = any(default for draft, default in drafts if draft.endpoint is not None)
-    _check_reserved_deployment(deployment, deployment_mark, any_default, path, issues)
-    colliding = _check_unique(drafts, path, issues)
+def _is_deployment(item: yaml.Node, src: YamlSource) -> bool:
+    from cortexd.config.read_deployment import lookup, scalar_text
 
-    apis: list[Api] = [draft.api for i, (draft, _) in enumerate(drafts) if draft.api is not None and i not in colliding]
-    if issues or deployment is None:
-        return None, issues
-    return Config(os.path.abspath(path), project_dir, deployment, tuple(apis)), issues
+    if not isinstance(item, yaml.MappingNode):
+        return False
+    kind = lookup(item, "kind", src)
+    return kind is not None and scalar_text(kind) == "deployment"
+
+
+def _read_dialect(root: yaml.SequenceNode, src: YamlSource, path: str, project_dir: str, detection: Detection) -> ValidationReport:
+    issues: list[ConfigIssue] = []
+    notes: list[ConfigIssue] = []
+    dialect = detection.dialect
+    reader = READERS[dialect.id]
+    splitters: list[TrafficSplitter] = []
+    deployment: str | None
+    if dialect is REALTIME or (dialect is V012 and not detection.has_deployment):
+        drafts, splitters = read_list_file(root, path, project_dir, src, reader, issues, notes,
+                                           realtime=dialect is REALTIME)
+        deployment = ""
+    else:
+        deployment, drafts = read_deployment_file(root, path, project_dir, src, reader, issues, notes)
+    config = None
+    if not issues and deployment is not None:
+        apis = tuple(draft.api for draft in drafts if draft.api is not None)
+        config = Config(os.path.abspath(path), project_dir, deployment, apis, dialect.id, tuple(splitters))
+    return ValidationReport(path, dialect, detection.evidence, sort_issues(issues), sort_issues(notes), config)

@@ -155,3 +155,71 @@ def parse_mem(value: object) -> int:
     if amount > _MAX_BYTES:
         raise ValueError(f"must be at most {_MAX_BYTES} bytes, got {_describe(value)}")
     return math.ceil(amount)
+
+
+DURATION_ACCEPTED = 'a duration as Go writes it: a number and a unit (h, m, s, ms), e.g. "60s", "5m", "1m30s", "250ms"'
+_DURATION_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_UNITS: dict[str, Decimal] = {
+    "ns": Decimal("1e-9"), "us": Decimal("1e-6"), "µs": Decimal("1e-6"), "μs": Decimal("1e-6"),
+    "ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600),
+}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds of a Go duration string, as Cortex parsed its duration keys: "1m30s" -> 90.0.
+
+    "0" alone is zero; a bare number other than 0 is refused (Go refuses it: the unit is
+    what says whether 60 means seconds or minutes). Raises ValueError.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected {DURATION_ACCEPTED}, got {_describe(value)}")
+    text = str(value).strip()
+    if text in ("0", "+0", "-0", "0.0"):
+        return 0.0
+    if text.startswith("-"):
+        raise ValueError(f"must not be negative, got {_describe(value)}")
+    body = text[1:] if text.startswith("+") else text
+    at = 0
+    total = Decimal(0)
+    while at < len(body):
+        match = _DURATION_PART_RE.match(body, at)
+        if match is None:
+            hint = (f' (a unit is needed: "{text}s", "{text}ms" or "{text}m"?)'
+                    if re.fullmatch(r"[0-9.]+", body) else "")
+            raise ValueError(f"expected {DURATION_ACCEPTED}, got {_describe(value)}{hint}")
+        total += Decimal(match[1]) * _DURATION_UNITS[match[2]]
+        at = match.end()
+    if not body:
+        raise ValueError(f"expected {DURATION_ACCEPTED}, got {_describe(value)}")
+    return float(total)
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest Go-style text for a duration in seconds: 300 -> "5m", 90 -> "1m30s", 0.1 -> "100ms"."""
+    if seconds == 0:
+        return "0s"
+    if not float(seconds).is_integer():
+        millis = Decimal(str(seconds)) * 1000
+        return f"{millis.normalize():f}ms"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n)
+
+
+SURGE_ACCEPTED = 'a number of replicas (5) or a share of the desired replicas ("25%")'
+_SURGE_RE = re.compile(r"^([0-9]+)(%?)$")
+
+
+def parse_surge(value: object) -> str:
+    """A max_surge / max_unavailable value as text: 5 -> "5", "25%" -> "25%". Raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"expected {SURGE_ACCEPTED}, got {_describe(value)}")
+    text = str(value).strip()
+    match = _SURGE_RE.match(text)
+    if match is None:
+        raise ValueError(f"expected {SURGE_ACCEPTED}, got {_describe(value)}")
+    number = int(match[1])
+    if match[2] and number > 100:
+        raise ValueError(f"a percentage must be at most 100%, got {_describe(value)}")
+    return f"{number}{match[2]}"

@@ -1,7 +1,8 @@
-"""Rules that tie several keys of one API together, and building the Api object.
+"""Rules that tie several keys of one API together, and building the Api object (seed dialect).
 
 Each rule only looks at values that passed their own checks (walk.py), so one mistake
-gives one error.
+gives one error. The helpers here (one_of, endpoint_of, replica_counts, ...) serve the other
+dialects' rules too (rules_old.py, rules_realtime.py).
 """
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Any
 
 from cortexd.config.checks import batching_problem, endpoint_problem, normalise_endpoint, reserved_prefix
 from cortexd.config.objects import Api, Batching, Compute, PredictorSpec, Tracker
-from cortexd.config.schema import API_KEYS, COMPUTE_KEYS, PREDICTOR_KINDS, default_of, keys_by_name
-from cortexd.config.walk import Scope, Section
+from cortexd.config.schema import API_KEYS, COMPUTE_KEYS, PREDICTOR_KINDS, Key, default_of, keys_by_name
+from cortexd.config.walk import Entry, Scope, Section
 from cortexd.config.yamlsrc import Mark
 
 _API_KEYS = keys_by_name(API_KEYS)
@@ -28,47 +29,76 @@ class ApiDraft:
     api: Api | None               # None when this API has errors
 
 
-def predictor_kind(section: Section, scope: Scope) -> str | None:
-    """The one of python / tensorflow / onnx that the API gives; reports none or several."""
-    given = [kind for kind in PREDICTOR_KINDS if kind in section.given]
+def one_of(
+    section: Section, scope: Scope, kinds: tuple[str, ...] = PREDICTOR_KINDS, api_keys: dict[str, Key] = _API_KEYS,
+    required: bool = True,
+) -> str | None:
+    """The one of `kinds` (sections of the API) that is given; reports none (when required) or several."""
+    given = [kind for kind in kinds if kind in section.given]
     if not given:
-        scope.add(section.where, "", f"give exactly one of {', '.join(PREDICTOR_KINDS)} (none given)")
+        if required:
+            scope.add(section.where, "", f"give exactly one of {', '.join(kinds)} (none given)")
         return None
     first = given[0]
     for extra in given[1:]:
         first_line = section.key_mark(first).line
         scope.add(
             section.key_mark(extra), extra,
-            f"give exactly one of {', '.join(PREDICTOR_KINDS)} ({first} is given at line {first_line})",
+            f"give exactly one of {', '.join(kinds)} ({first} is given at line {first_line})",
         )
     if len(given) > 1:
         return None
     if first not in section.entries and first not in section.invalid:
         # `python:` with nothing under it: say what it needs, as for an empty mapping.
-        for key in _API_KEYS[first].keys:
+        for key in api_keys[first].keys:
             if key.required:
                 scope.add(section.key_mark(first), f"{first}.{key.name}", f"required: {key.help}")
         return None
     return first if first in section.entries else None
 
 
+def predictor_kind(section: Section, scope: Scope) -> str | None:
+    """The one of python / tensorflow / onnx that the API gives; reports none or several."""
+    return one_of(section, scope)
+
+
+def checked_endpoint(entry: Entry, key_path: str, scope: Scope) -> str | None:
+    """An endpoint as written, normalised, or None after reporting why it cannot be served."""
+    endpoint = normalise_endpoint(entry.value)
+    problem = endpoint_problem(endpoint)
+    if problem is None:
+        reserved = reserved_prefix(endpoint)
+        if reserved is not None:
+            problem = f'"{endpoint}" is reserved for the daemon ({reserved}); choose another path'
+    if problem is not None:
+        scope.add(entry.mark, key_path, problem)
+        return None
+    return endpoint
+
+
+def default_endpoint(name: str, name_mark: Mark, scope: Scope) -> str | None:
+    """/<name>, the default of dialects without a deployment; a reserved one is reported at the name."""
+    reserved = reserved_prefix(f"/{name}")
+    if reserved is not None:
+        scope.add(name_mark, "name", f'the default endpoint /{name} is reserved for the daemon ({reserved}); '
+                  "set an endpoint or rename the API")
+        return None
+    return f"/{name}"
+
+
 def endpoint_of(section: Section, deployment: str | None, name: str | None, scope: Scope) -> tuple[str | None, Mark]:
-    """The API's normalised endpoint (explicit or default) and where to point errors about it."""
+    """The API's normalised endpoint (explicit or default) and where to point errors about it.
+
+    The default is /<deployment>/<api>, or /<api> for dialects without a deployment
+    (`deployment` ""); None for an invalid deployment name."""
     if "endpoint" in section.entries:
         entry = section.entries["endpoint"]
-        endpoint = normalise_endpoint(entry.value)
-        problem = endpoint_problem(endpoint)
-        if problem is None:
-            reserved = reserved_prefix(endpoint)
-            if reserved is not None:
-                problem = f'"{endpoint}" is reserved for the daemon ({reserved}); choose another path'
-        if problem is not None:
-            scope.add(entry.mark, "endpoint", problem)
-            return None, entry.mark
-        return endpoint, entry.mark
+        return checked_endpoint(entry, "endpoint", scope), entry.mark
     name_mark = section.key_mark("name")
     if "endpoint" in section.invalid or deployment is None or name is None:
         return None, name_mark
+    if deployment == "":
+        return default_endpoint(name, name_mark, scope), name_mark
     # Names are restricted to URL-safe characters; a reserved deployment name is reported once, at the deployment.
     return f"/{deployment}/{name}", name_mark
 
@@ -102,43 +132,69 @@ def _compute_value(compute: Section | None, key: str) -> Any:
     return default_of(COMPUTE_KEYS, key) if compute is None else compute.get(key, default_of(COMPUTE_KEYS, key))
 
 
+def mem_limit_ok(compute: Section | None, scope: Scope, path: str = "compute.") -> bool:
+    """A hard limit below the request would stop every replica that uses what it asked for."""
+    if compute is None:
+        return True
+    mem, limit = compute.get("mem"), compute.get("mem_limit")
+    if mem is not None and limit is not None and limit < mem:
+        scope.add(compute.key_mark("mem_limit"), path + "mem_limit",
+                  f"must be >= mem, the request ({mem} bytes); got {limit} bytes")
+        return False
+    return True
+
+
+def gpu_mem_ok(compute: Section | None, scope: Scope, path: str = "compute.") -> bool:
+    """GPU memory is a resource of a GPU: asking for it without a GPU is a mistake."""
+    if compute is None or "gpu_mem" not in compute.entries or "gpu" in compute.invalid or compute.get("gpu"):
+        return True
+    scope.add(compute.key_mark("gpu_mem"), path + "gpu_mem",
+              "needs gpu (whole GPUs or a share of one, e.g. gpu: 0.5); without a GPU there is no GPU memory")
+    return False
+
+
+def replica_counts(counts: Section | None, path: str, scope: Scope) -> tuple[int, int, int] | None:
+    """(min, max, init) replicas of the section that holds them, defaults filled and bounds checked;
+    None after reporting a problem (or when one of them was invalid)."""
+    invalid = counts.invalid if counts is not None else set()
+    low = _compute_value(counts, "min_replicas")
+    high = _compute_value(counts, "max_replicas")
+    bounds_ok = not {"min_replicas", "max_replicas"} & invalid
+    if bounds_ok and high < low:
+        assert counts is not None  # the defaults (1, 100) are ordered
+        if "max_replicas" in counts.entries:
+            scope.add(counts.key_mark("max_replicas"), path + "max_replicas", f"must be >= min_replicas ({low})")
+        else:
+            scope.add(
+                counts.key_mark("min_replicas"), path + "min_replicas",
+                f"must be <= max_replicas ({high}, the default); set max_replicas too",
+            )
+        bounds_ok = False
+    init = _compute_value(counts, "init_replicas")
+    if init is None:
+        init = low
+    elif bounds_ok and not low <= init <= high:
+        assert counts is not None
+        scope.add(
+            counts.key_mark("init_replicas"), path + "init_replicas",
+            f"must be within [min_replicas, max_replicas] = [{low}, {high}] (got {init})",
+        )
+        return None
+    if not bounds_ok or {"min_replicas", "max_replicas", "init_replicas"} & invalid:
+        return None
+    return low, high, init
+
+
 def compute_of(section: Section, scope: Scope) -> Compute | None:
     """Compute with defaults filled and the bounds between replica counts checked."""
     if "compute" in section.invalid:
         return None
     compute: Section | None = section.get("compute")
     invalid = compute.invalid if compute is not None else set()
-    low = _compute_value(compute, "min_replicas")
-    high = _compute_value(compute, "max_replicas")
-    bounds_ok = not {"min_replicas", "max_replicas"} & invalid
-    if bounds_ok and high < low:
-        assert compute is not None  # the defaults (1, 100) are ordered
-        if "max_replicas" in compute.entries:
-            scope.add(compute.key_mark("max_replicas"), "compute.max_replicas", f"must be >= min_replicas ({low})")
-        else:
-            scope.add(
-                compute.key_mark("min_replicas"), "compute.min_replicas",
-                f"must be <= max_replicas ({high}, the default); set max_replicas too",
-            )
-        bounds_ok = False
-    init = _compute_value(compute, "init_replicas")
-    if init is None:
-        init = low
-    elif bounds_ok and not low <= init <= high:
-        assert compute is not None
-        scope.add(
-            compute.key_mark("init_replicas"), "compute.init_replicas",
-            f"must be within [min_replicas, max_replicas] = [{low}, {high}] (got {init})",
-        )
+    counts = replica_counts(compute, "compute.", scope)
+    if counts is None or invalid or not mem_limit_ok(compute, scope) or not gpu_mem_ok(compute, scope):
         return None
-    gpu_mem_ok = True
-    if compute is not None and "gpu_mem" in compute.entries and not _compute_value(compute, "gpu") \
-            and "gpu" not in invalid:
-        scope.add(compute.key_mark("gpu_mem"), "compute.gpu_mem",
-                  "needs gpu (whole GPUs or a share of one, e.g. gpu: 0.5); without a GPU there is no GPU memory")
-        gpu_mem_ok = False
-    if invalid or not bounds_ok or not gpu_mem_ok:
-        return None
+    low, high, init = counts
     return Compute(
         min_replicas=low,
         max_replicas=high,
@@ -152,8 +208,8 @@ def compute_of(section: Section, scope: Scope) -> Compute | None:
     )
 
 
-def tracker_of(section: Section) -> Tracker | None:
-    tracker: Section | None = section.get("tracker")
+def tracker_of(section: Section, key: str = "tracker") -> Tracker | None:
+    tracker: Section | None = section.get(key)
     if tracker is None or "model_type" not in tracker.entries:
         return None
     return Tracker(model_type=tracker.get("model_type"), key=tracker.get("key"))

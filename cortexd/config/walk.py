@@ -16,7 +16,6 @@ import yaml
 
 from cortexd.config import quantities
 from cortexd.config.checks import CHECKS
-from cortexd.config.durations import DURATION_ACCEPTED, parse_duration
 from cortexd.config.errors import ConfigIssue
 from cortexd.config.schema import ALIASES, Key, key_homes, keys_by_name
 from cortexd.config.yamlsrc import (
@@ -66,10 +65,20 @@ class Scope:
     api: str | None
     prefix: str                    # "" or e.g. "[2]." for an API without a usable name
     issues: list[ConfigIssue]
+    # where each key name belongs in this dialect's API ("it belongs at ..."); None: the seed's
+    homes: dict[str, list[str]] | None = None
+    # accepted keys that cortexd gives no effect: validate lists them, they never fail a load
+    notes: list[ConfigIssue] | None = None
 
     def add(self, mark: Mark, key_path: str, message: str) -> None:
-        full_path = self.prefix + key_path if key_path else self.prefix.rstrip(".")
-        self.issues.append(ConfigIssue(self.file, mark.line, mark.column, self.api, full_path, message))
+        self.issues.append(ConfigIssue(self.file, mark.line, mark.column, self.api, self._path(key_path), message))
+
+    def note(self, mark: Mark, key_path: str, message: str) -> None:
+        if self.notes is not None:
+            self.notes.append(ConfigIssue(self.file, mark.line, mark.column, self.api, self._path(key_path), message))
+
+    def _path(self, key_path: str) -> str:
+        return self.prefix + key_path if key_path else self.prefix.rstrip(".")
 
 
 _HOMES = key_homes()
@@ -96,6 +105,20 @@ def expected(key: Key) -> str:
         return "a string"
     if key.type == "int":
         return "an integer"
+    if key.type == "float":
+        return "a number"
+    if key.type == "bool":
+        return "true or false"
+    if key.type == "duration":
+        return quantities.DURATION_ACCEPTED
+    if key.type == "surge":
+        return quantities.SURGE_ACCEPTED
+    if key.type == "strmap":
+        return "a mapping of string keys to string values"
+    if key.type == "any":
+        return "nothing (the key is refused)"
+    if key.type == "list":
+        return "a list of mappings with keys: " + ", ".join(k.name for k in key.keys)
     if key.type == "cpu":
         return quantities.CPU_ACCEPTED
     if key.type == "gpu":
@@ -104,13 +127,14 @@ def expected(key: Key) -> str:
         return quantities.MEM_ACCEPTED
     if key.type == "map":
         return "a mapping of string keys to values"
-    if key.type == "duration":
-        return DURATION_ACCEPTED
     return "a mapping with keys: " + ", ".join(k.name for k in key.keys)
 
 
-def unknown_key_message(name: str, accepted: tuple[Key, ...], section_path: str) -> str:
+def unknown_key_message(
+    name: str, accepted: tuple[Key, ...], section_path: str, homes: dict[str, list[str]] | None = None
+) -> str:
     """'unknown key; did you mean "x"? (accepted: ...)', pointing to where a misplaced key belongs."""
+    homes = _HOMES if homes is None else homes
     names = [key.name for key in accepted]
     hint = ""
     alias = ALIASES.get(name)
@@ -121,21 +145,34 @@ def unknown_key_message(name: str, accepted: tuple[Key, ...], section_path: str)
         if close:
             hint = f'; did you mean "{close[0]}"?'
         else:
-            homes = [home for home in _HOMES.get(ALIASES.get(name, name), []) if home != section_path + name]
-            if homes:
-                hint = "; it belongs at " + " or ".join(homes)
+            places = [home for home in homes.get(ALIASES.get(name, name), []) if home != section_path + name]
+            if places:
+                hint = "; it belongs at " + " or ".join(places)
     return f"unknown key{hint} (accepted: {', '.join(names)})"
 
 
-def _range_problem(key: Key, value: int) -> str | None:
+def _show(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _range_problem(key: Key, value: float, shown: str | None = None) -> str | None:
     low, high = key.minimum, key.maximum
-    if low is not None and high is not None and not low <= value <= high:
-        return f"must be between {low} and {high} (got {value})"
-    if low is not None and value < low:
-        return f"must be >= {low} (got {value})"
-    if high is not None and value > high:
-        return f"must be <= {high} (got {value})"
-    return None
+    got = _show(value) if shown is None else shown
+    below = low is not None and (value <= low if key.min_exclusive else value < low)
+    above = high is not None and (value >= high if key.max_exclusive else value > high)
+    if not (below or above):
+        return None
+    if low is not None and high is not None:
+        if not key.min_exclusive and not key.max_exclusive:
+            return f"must be between {_show(low)} and {_show(high)} (got {got})"
+        low_text = f"{'>' if key.min_exclusive else '>='} {_show(low)}"
+        high_text = f"{'<' if key.max_exclusive else '<='} {_show(high)}"
+        return f"must be {low_text} and {high_text} (got {got})"
+    if below:
+        assert low is not None
+        return f"must be {'>' if key.min_exclusive else '>='} {_show(low)} (got {got})"
+    assert high is not None
+    return f"must be {'<' if key.max_exclusive else '<='} {_show(high)} (got {got})"
 
 
 def _string_problem(key: Key, value: str) -> str | None:
@@ -166,8 +203,26 @@ def _scalar(key: Key, node: yaml.Node, src: YamlSource) -> tuple[Any, str | None
         if isinstance(value, bool) or not isinstance(value, int):
             return None, f"expected an integer, got {describe(value)}"
         return value, _range_problem(key, value)
-    parse = {"cpu": quantities.parse_cpu, "gpu": quantities.parse_gpu, "duration": parse_duration}.get(
-        key.type, quantities.parse_mem)
+    if key.type == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            return None, f"expected a number, got {describe(value)}"
+        return float(value), _range_problem(key, float(value))
+    if key.type == "bool":
+        if not isinstance(value, bool):
+            return None, f"expected true or false, got {describe(value)}"
+        return value, None
+    if key.type == "duration":
+        try:
+            seconds = quantities.parse_duration(value)
+        except ValueError as exc:
+            return None, str(exc)
+        return seconds, _range_problem(key, seconds, shown=str(value))
+    if key.type == "surge":
+        try:
+            return quantities.parse_surge(value), None
+        except ValueError as exc:
+            return None, str(exc)
+    parse = {"cpu": quantities.parse_cpu, "gpu": quantities.parse_gpu}.get(key.type, quantities.parse_mem)
     try:
         return parse(value), None
     except ValueError as exc:
@@ -183,6 +238,38 @@ def _mapping(node: yaml.Node, src: YamlSource) -> tuple[Any, str | None]:
     if bad:
         return None, f"keys must be strings (got {describe(bad[0])})"
     return value, None
+
+
+def _string_map(node: yaml.Node, src: YamlSource) -> tuple[Any, str | None]:
+    """(dict, problem) for a mapping of strings to strings (env)."""
+    if not isinstance(node, yaml.MappingNode):
+        return None, f"expected a mapping of string keys to string values, got {node_kind(node)}"
+    value = src.value(node)
+    for key, item in value.items():
+        if not isinstance(key, str):
+            return None, f"keys must be strings (got {describe(key)})"
+        if not isinstance(item, str):
+            return None, f'the value of {key} must be a string, got {describe(item)}; quote it: {key}: "{item}"'
+    return value, None
+
+
+def _read_list(
+    node: yaml.Node, key: Key, key_mark: Mark, path: str, scope: Scope, src: YamlSource
+) -> tuple[Any, str | None]:
+    """(list of Sections, problem) for a list of mappings; items report their own problems."""
+    if not isinstance(node, yaml.SequenceNode):
+        return None, f"expected {expected(key)}, got {node_kind(node)}"
+    items: list[Section] = []
+    failed = False
+    for index, item in enumerate(node.value):
+        section = read_section(item, key.keys, mark_of(item), f"{path}{key.name}[{index}].", scope, src)
+        if section is None:
+            failed = True
+        else:
+            items.append(section)
+    if failed:
+        return None, None
+    return items, None
 
 
 def read_section(
@@ -214,7 +301,7 @@ def read_section(
         name = key_node.value
         key = known.get(name)
         if key is None:
-            scope.add(key_mark, path + name, unknown_key_message(name, keys, path))
+            scope.add(key_mark, path + name, unknown_key_message(name, keys, path, scope.homes))
             continue
         if name in section.given:
             scope.add(key_mark, path + name, f"given twice (first at line {section.given[name].line})")
@@ -222,6 +309,14 @@ def read_section(
         section.given[name] = key_mark
         if is_null(value_node):
             # null means "use the default"; a required key is reported missing below.
+            continue
+        if key.refused is not None:
+            scope.add(key_mark, path + name, key.refused)
+            section.invalid.add(name)
+            continue
+        if key.refused_list is not None and isinstance(value_node, yaml.SequenceNode):
+            scope.add(key_mark, path + name, key.refused_list)
+            section.invalid.add(name)
             continue
         try:
             value, problem = _read_value(key, value_node, key_mark, path, scope, src)
@@ -232,6 +327,8 @@ def read_section(
             section.invalid.add(name)
         elif value is not None:
             section.entries[name] = Entry(value, key_mark)
+            if key.note is not None:
+                scope.note(key_mark, path + name, f"accepted without effect: {key.note}")
         else:
             section.invalid.add(name)   # a sub-section that reported its own problems
     for key in keys:
@@ -257,6 +354,12 @@ def _read_value(
         return read_section(node, key.keys, key_mark, path + key.name + ".", scope, src), None
     if key.type == "map":
         return _mapping(node, src)
+    if key.type == "strmap":
+        return _string_map(node, src)
+    if key.type == "list":
+        return _read_list(node, key, key_mark, path, scope, src)
+    if key.type == "any":   # a key noted as without effect: any value is accepted as it is
+        return src.value(node), None
     value, problem = _scalar(key, node, src)
     if problem is None and key.check is not None:
         value, problem = CHECKS[key.check](value, scope.project_dir)

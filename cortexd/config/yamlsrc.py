@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from cortexd.config.bounds import BoundedLoader
+
 NULL_TAG = "tag:yaml.org,2002:null"
 STR_TAG = "tag:yaml.org,2002:str"
 MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -52,7 +54,7 @@ class YamlSource:
     """One YAML document, composed once; values are built on demand from its nodes."""
 
     def __init__(self, text: str) -> None:
-        self._loader = yaml.SafeLoader(text)
+        self._loader = BoundedLoader(text)
         self._pairs: dict[int, list[tuple[yaml.Node, yaml.Node]]] = {}
 
     def compose(self) -> yaml.Node | None:

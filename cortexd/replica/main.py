@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cortexd import batchframe, protocol
@@ -26,6 +27,8 @@ from cortexd.daemon.serving.access import debug_requested
 from cortexd.replica import batching
 from cortexd.replica.bodies import BodyError, PredictionError, encode_prediction, parse_body, render_prediction
 from cortexd.protocol import LoadFailed, Ready, ReplicaSpec, StatusMessage, encode_status, read_spec_fd
+from cortexd.replica.calls import error_status
+from cortexd.replica.packages import missing_package_hint
 from cortexd.replica.predictors import PayloadError, Predictor, PredictorLoadError, load_predictor
 from cortexd.replica.server import Handler, ReplicaProtocol
 
@@ -54,19 +57,24 @@ def _log(message: str) -> None:
 
 
 def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = None, nan_as_null: bool = False,
-                  str_as_text: bool = False) -> Handler:
+                  str_as_text: bool = False, call: str = "module") -> Handler:
     """The replica's requests: POST /predict runs the predictor, GET /info describes it.
-    With server-side batching (`batch`), POST /predict-batch runs a batch frame and
-    POST /predict is a batch of one, so the predictor always sees the batched form.
-    `nan_as_null`, `str_as_text`: how predictions go out (ReplicaSpec; bodies.render_prediction)."""
+
+    With server-side batching (`batch`), POST /predict-batch runs a batch frame and POST
+    /predict is a batch of one, so the predictor always sees the batched form. A predictor
+    that takes query_params or headers (Cortex v0.17+) gets them; a predictor exception answers
+    the status its Cortex release answered (calls.error_status). `nan_as_null`, `str_as_text`:
+    how predictions go out (ReplicaSpec; bodies.render_prediction)."""
     predict = predictor.predict
+    predict_request = getattr(predictor, "predict_request", None) if getattr(predictor, "wants", None) else None
     predict_path, info_path = protocol.PREDICT_PATH, protocol.INFO_PATH
     loads = parse_body
 
     def error(status: int, message: str) -> tuple[int, bytes]:
         return status, json.dumps({"error": message}).encode()
 
-    def handle(method: str, path: str, query: str, body: bytes) -> tuple[int, bytes] | tuple[int, bytes, bytes]:
+    def handle(method: str, path: str, query: str, body: bytes, headers: list[tuple[str, str]] | None = None
+               ) -> tuple[int, bytes] | tuple[int, bytes, bytes]:
         if path == predict_path and method == "POST":
             if batch is not None:
                 return batch.one(query, body)
@@ -79,12 +87,14 @@ def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = No
             if debug:
                 _log(f"debug: sample: {_truncate(body.decode('utf-8', 'replace'))}")
             try:
-                result = predict(payload)
+                result = predict(payload) if predict_request is None else predict_request(payload, query, headers)
             except PayloadError as exc:
                 return error(400, str(exc))
             except BaseException as exc:  # sys.exit() and KeyboardInterrupt too: answer, never die
                 _log(f"prediction failed:\n{traceback.format_exc()}")
-                return error(500, f"prediction failed: {type(exc).__name__}: {exc}")
+                hint = missing_package_hint(exc)
+                return error(error_status(call, exc),
+                             f"prediction failed: {type(exc).__name__}: {exc}" + (f"; {hint}" if hint else ""))
             try:
                 answer = render_prediction(result, nan_as_null, str_as_text)
             except PredictionError as exc:
@@ -114,7 +124,10 @@ def _send_status(fd: int, message: StatusMessage) -> None:
 
 
 async def serve(predictor: Predictor, ctx: ReplicaSpec, socket_path: str, status_fd: int) -> None:
-    handler = build_handler(predictor, batching.for_replica(predictor, ctx), ctx.nan_as_null, ctx.str_as_text)
+    handler = build_handler(predictor, batching.for_replica(predictor, ctx), ctx.nan_as_null, ctx.str_as_text, ctx.call)
+    # threads_per_process > 1: requests run in a pool of that size, one per daemon connection
+    executor = ThreadPoolExecutor(ctx.threads, thread_name_prefix="request") if ctx.threads > 1 else None
+    want_headers = "headers" in getattr(predictor, "wants", ())
     connections: set[ReplicaProtocol] = set()
     if os.path.exists(socket_path):
         os.unlink(socket_path)
@@ -123,7 +136,8 @@ async def serve(predictor: Predictor, ctx: ReplicaSpec, socket_path: str, status
     os.chmod(socket_path, 0o600)
     sock.listen(64)
     loop = asyncio.get_running_loop()
-    server = await loop.create_unix_server(lambda: ReplicaProtocol(handler, connections), sock=sock)
+    server = await loop.create_unix_server(
+        lambda: ReplicaProtocol(handler, connections, executor, want_headers), sock=sock)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -26,6 +26,8 @@ from cortexd.models import ModelFetchError, unpack_local_zip
 from cortexd.replica import batching
 from cortexd.replica.jsonable import InputMismatch, describe_shape, name_mismatch, to_array, to_jsonable
 from cortexd.protocol import ReplicaSpec
+from cortexd.callconv import CALL_MODULE
+from cortexd.replica.conventions import user_class
 from cortexd.replica.predictors import (
     PayloadError,
     Predictor,
@@ -272,5 +274,7 @@ def load(ctx: ReplicaSpec) -> Predictor:
         return batching.mark_stacked(_OutputsByName(client), client, ctx)
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
     user_client, gatherer = batching.model_client_for(client, ctx)
+    if ctx.call != CALL_MODULE:
+        return batching.mark_gathered(user_class(module, ctx, {"onnx_client": user_client}, client.describe), gatherer)
     instance = construct_user_class(module, "ONNXPredictor", user_client, ctx.config, ("onnx_client",))
     return batching.mark_gathered(UserPredictor(instance, client.describe), gatherer)

@@ -2,7 +2,12 @@
 
 Three kinds share one shape (`Predictor`): python (the seed's module form and the class
 form), onnx and tensorflow. The onnx and tensorflow loaders live in their own modules and
-are imported lazily, so a Python replica never pays for onnxruntime or TensorFlow.
+are imported lazily, so a Python replica never pays for onnxruntime or TensorFlow. The
+spec's `call` says which Cortex era's interface the user's code follows: v0.11's modules
+(v011.py), the classes of v0.12+ (conventions.py), or the seed's forms (here).
+
+A predictor may also have `wants` (which of query_params / headers it takes) and
+`predict_request(payload, query, headers)`; the replica gathers those only when asked.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import sys
 import types
 from typing import Any, Callable, Protocol
 
+from cortexd.callconv import CALL_MODULE, CALL_V011
 from cortexd.protocol import ReplicaSpec
+from cortexd.replica.packages import missing_package_hint
 
 
 class PayloadError(Exception):
@@ -46,7 +53,10 @@ def import_predictor_file(path: str, python_path: str) -> types.ModuleType:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's import-time code: report it, never crash loudly elsewhere
-        raise PredictorLoadError(f"{path}: importing the predictor failed: {type(exc).__name__}: {exc}") from exc
+        hint = missing_package_hint(exc)
+        raise PredictorLoadError(
+            f"{path}: importing the predictor failed: {type(exc).__name__}: {exc}" + (f"; {hint}" if hint else "")
+        ) from exc
     return module
 
 
@@ -108,8 +118,9 @@ def construct_user_class(
     try:
         return cls(*args, **kwargs)
     except Exception as exc:
+        hint = missing_package_hint(exc)
         raise PredictorLoadError(
-            f"{path}: {class_name}.__init__ raised {type(exc).__name__}: {exc}"
+            f"{path}: {class_name}.__init__ raised {type(exc).__name__}: {exc}" + (f"; {hint}" if hint else "")
         ) from exc
 
 
@@ -144,6 +155,11 @@ def load_python_predictor(ctx: ReplicaSpec) -> Predictor:
         raise PredictorLoadError(f"api {ctx.api_name}: python.predictor is required")
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
     path = ctx.predictor_path
+    if ctx.call != CALL_MODULE:   # the classes of Cortex v0.12 and later
+        from cortexd.replica.conventions import user_class
+
+        found: Predictor = user_class(module, ctx, {}, dict)
+        return found
     if hasattr(module, "PythonPredictor"):
         return UserPredictor(construct_user_class(module, "PythonPredictor", None, ctx.config, ()))
     predict = getattr(module, "predict", None)
@@ -161,16 +177,26 @@ def load_python_predictor(ctx: ReplicaSpec) -> Predictor:
         try:
             init(ctx.config)
         except Exception as exc:
-            raise PredictorLoadError(f"{path}: init(metadata) raised {type(exc).__name__}: {exc}") from exc
+            hint = missing_package_hint(exc)
+            raise PredictorLoadError(
+                f"{path}: init(metadata) raised {type(exc).__name__}: {exc}" + (f"; {hint}" if hint else "")
+            ) from exc
     return _ModulePredictor(module, ctx.config)
 
 
 def load_predictor(ctx: ReplicaSpec) -> Predictor:
+    # The API's `env` is set before any of the user's code (or TensorFlow) is imported.
+    os.environ.update(ctx.env)
     if ctx.gpus and ctx.gpu_mem:
         # Before the predictor's own imports: torch or TensorFlow get the limit as they load.
         from cortexd.replica.gpu_limits import limit_frameworks
 
         limit_frameworks(ctx.gpu_mem)
+    if ctx.call == CALL_V011:
+        from cortexd.replica import v011
+
+        loaded: Predictor = v011.load(ctx)
+        return loaded
     if ctx.kind == "python":
         return load_python_predictor(ctx)
     if ctx.kind == "onnx":

@@ -7,24 +7,31 @@ one write. Sanic, which served here before, spent more per request on parsing, r
 response objects than a small model's prediction takes (bench/README.md has the figures).
 Anything outside the contract is answered 400 and the connection closes.
 
-The handler runs synchronously inside `data_received`: a replica handles one request at a
-time on purpose, and handing the prediction to a task or a thread would only add latency.
-Requests that arrive back to back on the connection are answered in order.
+The handler runs synchronously inside `data_received` when the replica serves one request
+at a time (threads_per_process 1, the default): handing the prediction to a task or a thread
+would only add latency. Requests that arrive back to back on the connection are answered in
+order. With threads_per_process > 1 the daemon opens that many connections, and each
+connection hands its request to the replica's thread pool, stops reading until the answer
+is written (one request per connection at a time), and writes it when it is ready.
+
+Request headers are parsed only for predictors that take them (`want_headers`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import Executor
 from http import HTTPStatus
 from typing import Callable
 
 from cortexd.protocol import header_value
 
-# (method, path, query string, body) -> (status, JSON body), or (status, body, header lines)
-# for an answer that is not JSON: its "name: value\r\n" lines, content-type first
-# (cortexd/replica/bodies.py renders them; cortexd/daemon/serving/answers.py reads them).
-Handler = Callable[[str, str, str, bytes], "tuple[int, bytes] | tuple[int, bytes, bytes]"]
+# (method, path, query string, body[, headers]) -> (status, JSON body), or (status, body,
+# header lines) for an answer that is not JSON: its "name: value\r\n" lines, content-type
+# first (cortexd/replica/bodies.py renders them; cortexd/daemon/serving/answers.py reads them).
+# Request headers, a list of (name, value), are passed only to a protocol made with want_headers.
+Handler = Callable[..., "tuple[int, bytes] | tuple[int, bytes, bytes]"]
 
 MAX_HEADER_BYTES = 64 * 1024
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -77,6 +84,24 @@ def parse_head(head: bytes) -> tuple[str, str, str, int, bool]:
     return method, path, query, length, close
 
 
+def parse_headers(head: bytes) -> list[tuple[str, str]]:
+    """Every header line of a header block (without its request line), in order."""
+    lines = head.split(b"\r\n")[1:]
+    out: list[tuple[str, str]] = []
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if sep:
+            out.append((name.strip().decode("latin-1"), value.strip().decode("latin-1")))
+    return out
+
+
+def _split(answer: tuple[int, bytes] | tuple[int, bytes, bytes]) -> tuple[int, bytes, bytes | None]:
+    """(status, body, header lines or None) of a handler's answer."""
+    if len(answer) == 2:
+        return answer[0], answer[1], None
+    return answer  # type: ignore[return-value]
+
+
 def _internal_error(exc: BaseException) -> bytes:
     message = f"the replica failed to handle the request: {type(exc).__name__}: {exc}"
     return json.dumps({"error": message}).encode()
@@ -85,17 +110,24 @@ def _internal_error(exc: BaseException) -> bytes:
 class ReplicaProtocol(asyncio.Protocol):
     """One connection from the daemon."""
 
-    def __init__(self, handler: Handler, connections: set["ReplicaProtocol"]) -> None:
+    def __init__(
+        self, handler: Handler, connections: set["ReplicaProtocol"],
+        executor: Executor | None = None, want_headers: bool = False,
+    ) -> None:
         self._handler = handler
         self._connections = connections
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()  # bytes received past the last complete request
         # Set once a header block is parsed, until its body is complete.
         self._pending: tuple[str, str, str, int, bool, int] | None = None
+        self._executor = executor        # None: run the handler inline (one request at a time)
+        self._want_headers = want_headers
+        self._headers: list[tuple[str, str]] = []
+        self._busy = False               # a request of this connection is in the thread pool
 
     @property
     def idle(self) -> bool:
-        return not self._buf and self._pending is None
+        return not self._buf and self._pending is None and not self._busy
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -116,6 +148,9 @@ class ReplicaProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf: bytes | bytearray
+        if self._busy:   # the peer sent more while its request runs: keep it for later
+            self._buf += data
+            return
         if self._buf:
             self._buf += data  # in place: a large body arriving in chunks is not copied per chunk
             buf = self._buf
@@ -136,6 +171,8 @@ class ReplicaProtocol(asyncio.Protocol):
                 except RequestError as exc:
                     self._reject(str(exc))
                     return
+                if self._want_headers:
+                    self._headers = parse_headers(bytes(buf[:end]))
                 pending = self._pending = (method, path, query, length, close, end + 4)
             method, path, query, length, close, start = pending
             if len(buf) < start + length:
@@ -143,13 +180,15 @@ class ReplicaProtocol(asyncio.Protocol):
             body = bytes(buf[start : start + length])
             buf = buf[start + length :]
             self._pending = None
-            headers: bytes | None = None
+            args: tuple[object, ...] = (method, path, query, body)
+            if self._want_headers:
+                args += (self._headers,)
+            if self._executor is not None:
+                self._buf = buf if isinstance(buf, bytearray) else bytearray(buf)
+                self._run_in_pool(args, close)
+                return
             try:
-                answer = handler(method, path, query, body)
-                if len(answer) == 2:
-                    status, payload = answer  # type: ignore[misc]
-                else:
-                    status, payload, headers = answer  # type: ignore[misc]
+                status, payload, headers = _split(handler(*args))
             except BaseException as exc:  # the barrier: an exception here would drop the connection
                 status, payload, headers = 500, _internal_error(exc), None
             transport = self._transport
@@ -161,6 +200,40 @@ class ReplicaProtocol(asyncio.Protocol):
                 self._transport = None
                 return
         self._buf = buf if isinstance(buf, bytearray) else bytearray(buf)
+
+    def _run_in_pool(self, args: tuple[object, ...], close: bool) -> None:
+        """Hand one request to the thread pool; answer it from the loop when it is done."""
+        assert self._executor is not None and self._transport is not None
+        self._busy = True
+        self._transport.pause_reading()
+        handler = self._handler
+
+        def call() -> tuple[int, bytes, bytes | None]:
+            try:
+                return _split(handler(*args))
+            except BaseException as exc:  # the barrier, as inline
+                return 500, _internal_error(exc), None
+
+        future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        future.add_done_callback(lambda done: self._answer(done, close))
+
+    def _answer(self, done: "asyncio.Future[tuple[int, bytes, bytes | None]]", close: bool) -> None:
+        self._busy = False
+        transport = self._transport
+        if transport is None:   # the connection went away while the request ran
+            return
+        if done.cancelled():
+            status, payload, headers = 500, _internal_error(RuntimeError("cancelled")), None
+        else:
+            status, payload, headers = done.result()
+        transport.write(response_head(status, len(payload), close, headers) + payload)
+        if close:
+            transport.close()
+            self._transport = None
+            return
+        transport.resume_reading()
+        if self._buf:   # requests that arrived meanwhile
+            self.data_received(b"")
 
     def close_if_idle(self) -> None:
         if self.idle and self._transport is not None:

@@ -22,7 +22,10 @@ from cortexd.models import ModelFetchError, unpack_local_zip
 from cortexd.replica.gpu_limits import tensorflow_limit
 from cortexd.replica import batching
 from cortexd.replica.jsonable import InputMismatch, name_mismatch, to_array, to_jsonable
+from cortexd.replica.tf_outputs import flat_outputs, signature_def_map
 from cortexd.protocol import ReplicaSpec
+from cortexd.callconv import CALL_MODULE
+from cortexd.replica.conventions import user_class
 from cortexd.replica.predictors import (
     PayloadError,
     Predictor,
@@ -61,8 +64,11 @@ def pick_version(names: list[str]) -> str | None:
     return max(numbered, key=int) if numbered else None
 
 
-def choose_signature(available: list[str], requested: str | None, where: str) -> str:
-    """The signature to serve; raises PredictorLoadError listing what the model has."""
+def choose_signature(available: list[str], requested: str | None, where: str, prefer_predict: bool = False) -> str:
+    """The signature to serve; raises PredictorLoadError listing what the model has.
+
+    `prefer_predict`: without a signature_key, a model with several signatures serves
+    "predict" when it has one, as every released Cortex did (estimators export it)."""
     listed = ", ".join(sorted(available)) or "none"
     if requested:
         if requested not in available:
@@ -72,6 +78,8 @@ def choose_signature(available: list[str], requested: str | None, where: str) ->
         return available[0]
     if not available:
         raise PredictorLoadError(f"{where}: the SavedModel has no signatures to serve")
+    if prefer_predict and "predict" in available:
+        return "predict"
     raise PredictorLoadError(f"{where}: the model has several signatures ({listed}); set tensorflow.signature_key")
 
 
@@ -154,12 +162,14 @@ def configure_runtime(tf: Any, cpu: float, gpu_mem: int | None = None) -> None:
 
 
 class TensorFlowClient:
-    """Runs one signature of a SavedModel; `predict(dict)` returns {output: nested lists}."""
+    """Runs one signature of a SavedModel; `predict(dict)` returns {output: nested lists}, or with
+    outputs="flat" {output: flat value list} as every released Cortex gave it (tf_outputs.py)."""
 
     def __init__(self, model_path: str, signature_key: str | None = None, cpu: float = 1.0,
-                 gpu_mem: int | None = None) -> None:
+                 gpu_mem: int | None = None, outputs: str = "shaped") -> None:
         import numpy as np
 
+        self._flat = outputs == "flat"
         tf = _import_tf()
         self._tf = tf
         configure_runtime(tf, cpu, gpu_mem)
@@ -169,7 +179,7 @@ class TensorFlowClient:
         except Exception as exc:  # TF raises a zoo of types for a broken SavedModel
             raise PredictorLoadError(f"{self.model_dir}: TensorFlow cannot load the SavedModel: {exc}") from exc
         self.signatures: list[str] = sorted(self.model.signatures.keys())
-        self.signature_key = choose_signature(self.signatures, signature_key, self.model_dir)
+        self.signature_key = choose_signature(self.signatures, signature_key, self.model_dir, prefer_predict=self._flat)
         self._fn = self.model.signatures[self.signature_key]
         args, kwargs = self._fn.structured_input_signature
         specs = dict(kwargs)
@@ -212,6 +222,8 @@ class TensorFlowClient:
         except self._errors as exc:
             # our checks passed but the graph refused (a shape a later op fixes): the payload's fault
             raise PayloadError(f"the model rejected the inputs: {_first_line(exc)}") from None
+        if self._flat:
+            return flat_outputs({name: value.numpy() for name, value in outputs.items()})
         return {name: to_jsonable(value.numpy()) for name, value in outputs.items()}
 
     # -- server-side batching (cortexd/replica/stacking.py, gather.py) --
@@ -226,6 +238,8 @@ class TensorFlowClient:
 
     def format_outputs(self, arrays: dict[str, Any]) -> dict[str, Any]:
         """What `predict` returns, from run_arrays' outputs."""
+        if self._flat:
+            return flat_outputs(arrays)
         return {name: to_jsonable(value) for name, value in arrays.items()}
 
     def batch_problem(self) -> str | None:
@@ -234,6 +248,22 @@ class TensorFlowClient:
         outputs = {name: _spec_shape(spec) for name, spec in self._output_specs.items()}
         problem = model_shapes.batch_axis_problem(inputs, outputs)
         return None if problem is None else f"signature {self.signature_key!r}: {problem}"
+
+    def signature_def_map(self) -> dict[str, Any]:
+        """Every signature of the model as a SignatureDef map in protobuf's JSON mapping (v0.11's
+        request handlers got it as `signature`)."""
+
+        def specs(structure: Any) -> list[tuple[str, str, tuple[int | None, ...] | None]]:
+            return [(name, spec.dtype.name, _spec_shape(spec)) for name, spec in sorted(structure.items())]
+
+        signatures = {}
+        for key, fn in self.model.signatures.items():
+            args, kwargs = fn.structured_input_signature
+            inputs = dict(kwargs)
+            for spec in args:
+                inputs[spec.name] = spec
+            signatures[key] = (specs(inputs), specs(dict(fn.structured_outputs)))
+        return signature_def_map(signatures)
 
     def describe(self) -> dict[str, Any]:
         def entry(name: str, spec: Any) -> dict[str, Any]:
@@ -261,12 +291,16 @@ def _first_line(exc: BaseException) -> str:
 def load(ctx: ReplicaSpec) -> Predictor:
     if not ctx.model_path:
         raise PredictorLoadError(f"api {ctx.api_name}: tensorflow.model is required")
-    client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu, ctx.gpu_mem if ctx.gpus else None)
+    client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu, ctx.gpu_mem if ctx.gpus else None,
+                              outputs="shaped" if ctx.call == CALL_MODULE else "flat")
     batching.require_batchable(ctx, client.batch_problem)
     if not ctx.predictor_path:  # the API answers the signature's outputs by name
         return batching.mark_stacked(UserPredictor(client, client.describe), client, ctx)
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
     user_client, gatherer = batching.model_client_for(client, ctx)
+    if ctx.call != CALL_MODULE:
+        clients = {"tensorflow_client": user_client, "tf_client": user_client}
+        return batching.mark_gathered(user_class(module, ctx, clients, client.describe), gatherer)
     instance = construct_user_class(
         module, "TensorFlowPredictor", user_client, ctx.config, ("tensorflow_client", "tf_client")
     )

@@ -25,7 +25,7 @@ from cortexd.daemon.fleet.cgroups import ReplicaCgroups
 from cortexd.daemon.systemd import child_env
 from cortexd.daemon.fleet.events import Event, ReplicaExited, ReplicaLoadFailed, ReplicaOverMemory, ReplicaReady
 from cortexd.daemon.fleet.lifecycle import SpawnRequest
-from cortexd import paths, protocol, safefs
+from cortexd import callconv, paths, protocol, safefs
 
 log = logging.getLogger("cortexd.spawner")
 
@@ -160,6 +160,11 @@ def replica_spec(request: SpawnRequest) -> protocol.ReplicaSpec:
         gpu_share=(min(1.0, api.compute.gpu) if request.gpus else 0.0),
         max_batch_size=api.batching.max_batch_size if api.batching is not None else 0,
         gpu_mem=api.compute.gpu_mem if request.gpus else None,
+        call=api.call,
+        threads=api.threads_per_process,
+        env=dict(api.env),
+        # Cortex v0.17+ sent a str prediction as text/plain; earlier releases as a JSON string.
+        str_as_text=api.call in (callconv.CALL_CLASS_KWARGS, callconv.CALL_HANDLER),
     )
 
 
