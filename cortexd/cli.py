@@ -73,16 +73,16 @@ def requirements_lines(problems: list[tuple[int, str]], name: str = REQUIREMENTS
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from cortexd.config import validate_path
+    from cortexd.config import validate_report
     from cortexd.requirements_check import check_requirements
 
-    path = args.path
-    if os.path.isdir(path):
-        path = os.path.join(path, "cortex.yaml")
+    path = _config_file(args.path)
     if not os.path.exists(path):
         print(f"cortexd: {path}: no such file", file=sys.stderr)
         return EXIT_USAGE
-    lines = [str(issue) for issue in validate_path(path)]
+    report = validate_report(path)
+    print(report.headline())  # which Cortex dialect the file was read as
+    lines = [str(issue) for issue in report.errors]
     # The project's requirements.txt is installed at serve/reload; a line pip cannot parse
     # would only fail there, after a slow environment build, so it is an error here too.
     requirements = os.path.join(os.path.dirname(path), REQUIREMENTS)  # named as the user named the project
@@ -95,8 +95,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(line)
         print(f"{len(lines)} error{'s' if len(lines) != 1 else ''} in {' and '.join(checked)}", file=sys.stderr)
         return EXIT_USAGE
+    for note in report.notes:
+        print(note)
     print(f"{' and '.join(checked)}: valid")
     return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from cortexd.config.convert import convert_main
+
+    return convert_main(_config_file(args.path))
+
+
+def _config_file(path: str) -> str:
+    """A project folder means its cortex.yaml."""
+    return os.path.join(path, "cortex.yaml") if os.path.isdir(path) else path
 
 
 def run_command(command: Command, args: argparse.Namespace) -> int:
@@ -152,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a cortex.yaml without running it")
     validate.add_argument("path", nargs="?", default=paths.default_config())
     validate.set_defaults(func=cmd_validate)
+
+    convert = sub.add_parser("convert", help="print a project's cortex.yaml in the newest dialect cortexd reads")
+    convert.add_argument("path", nargs="?", default=paths.default_config())
+    convert.set_defaults(func=cmd_convert)
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)

@@ -45,10 +45,14 @@ class Command:
 def _render_get(args: argparse.Namespace, result: Any) -> int:
     if args.json:
         text = json.dumps(result, indent=2)
+    elif args.api and result.get("kind") == "TrafficSplitter":
+        text = tables.format_splitter(result)
     elif args.api:
         text = tables.format_api(result)
     else:
         text = tables.format_apis(result["apis"])
+        for splitter in result.get("traffic_splitters") or ():
+            text += "\n\n" + tables.format_splitter(splitter)
         text += "".join(f"\nwarning: {w}" for w in result.get("warnings") or ())
     if args.watch:
         sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")

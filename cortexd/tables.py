@@ -67,6 +67,14 @@ def format_api(api: Mapping[str, Any]) -> str:
     return "\n\n".join(sections)
 
 
+def format_splitter(splitter: Mapping[str, Any]) -> str:
+    """A TrafficSplitter: its endpoint, then each API with its weight (or "shadow") and status."""
+    rows = [[str(r["api"]), "shadow" if r.get("shadow") else f"{r.get('weight', 0)} %", str(r.get("status", NONE))]
+            for r in splitter.get("apis") or ()]
+    head = f"traffic splitter {splitter.get('name')} at {splitter.get('endpoint')}"
+    return head + "\n" + table(["api", "weight", "status"], rows)
+
+
 def format_tracker(tracker: Mapping[str, Any]) -> str:
     """Class counts (classification) or count/min/max/mean (regression), total and last hour."""
     total = tracker.get("total") or {}

@@ -26,7 +26,7 @@ class FakeConn:
         self.on_response: Callable[[int, bytes], None] = lambda s, p: None
         self.on_failure: Callable[[UpstreamError], None] = lambda e: None
 
-    def send(self, target: str, body: bytes) -> None:
+    def send(self, target: str, body: bytes, headers: bytes = b"") -> None:
         self.sent.append((target, body))
 
     def close(self) -> None:

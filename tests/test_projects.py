@@ -490,7 +490,8 @@ def test_validate_reports_requirements_lines_pip_cannot_parse(tmp_path: Any) -> 
     )
     out = validate(project)
     assert out.returncode == 2, out.stdout + out.stderr
-    lines = out.stdout.splitlines()
+    headline, *lines = out.stdout.splitlines()
+    assert "December 2019 dialect" in headline  # which dialect the file was read as comes first
     assert lines[0].startswith("cortex.yaml:") and "replicas" in lines[0], lines
     assert lines[1].startswith("requirements.txt:3: invalid requirement 'numpy=1.26'"), lines
     assert "did you mean '=='?" in lines[1]
@@ -510,5 +511,5 @@ def test_validate_passes_a_project_whose_requirements_parse(tmp_path: Any) -> No
         str(tmp_path / "bad"), VALID_YAML, {"words.py": WORDS, "requirements.txt": "numpy==\n"},
     )
     out = validate(os.path.join(only_requirements, "cortex.yaml"))
-    assert out.returncode == 2 and out.stdout.startswith("requirements.txt:1: "), out.stdout
+    assert out.returncode == 2 and out.stdout.splitlines()[1].startswith("requirements.txt:1: "), out.stdout
     assert out.stderr.startswith("1 error in "), out.stderr

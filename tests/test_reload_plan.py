@@ -193,3 +193,12 @@ def test_describe(action: Action, text: str) -> None:
 def test_compute_diff_is_in_field_order() -> None:
     old, new = Compute(), dataclasses.replace(Compute(), mem=5, min_replicas=2)
     assert compute_diff(old, new) == [("min_replicas", 1, 2), ("mem", None, 5)]
+
+
+def test_autoscaling_or_update_strategy_alone_is_applied_in_place() -> None:
+    from cortexd.config.objects import Autoscaling, UpdateStrategy
+
+    new = dataclasses.replace(api("a"), autoscaling=Autoscaling(target_replica_concurrency=4.0),
+                              update_strategy=UpdateStrategy("1", "0"))
+    actions = plan_reload({"a": running("a")}, [new], {"a": FP})
+    assert summary(actions) == [("scale", "a", None, ("autoscaling or update_strategy changed",))]

@@ -57,9 +57,14 @@ class Handlers:
         fleet = self.s.supervisor.snapshot()
         usage = self.s.usage()
         name = request.get("api")
+        splits = {s.name: s for s in self.s.proxy.splits.values()}
+        if name in splits and name not in fleet:
+            return views.splitter_view(splits[name], fleet)
         if name:
             return self._view(fleet[self._known(name, fleet)], usage)
-        return {"apis": [self._view(snap, usage) for snap in fleet.values()], "warnings": self.s.warnings()}
+        return {"apis": [self._view(snap, usage) for snap in fleet.values()],
+                "traffic_splitters": [views.splitter_view(s, fleet) for s in splits.values()],
+                "warnings": self.s.warnings()}
 
     async def predict(self, request: dict[str, Any]) -> dict[str, Any]:
         name = self._known(str(request.get("api", "")), self.s.supervisor.snapshot())

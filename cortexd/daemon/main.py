@@ -287,8 +287,13 @@ class Daemon:
         fleet = self.supervisor.snapshot()
         for event in self.compute.memory_events(fleet, readings.usage):
             self.supervisor.handle(event)
-        for name, desired in self.compute.autoscale(fleet, readings.usage, time.monotonic()).items():
+        for name, desired in self.compute.autoscale(fleet, readings.usage, time.monotonic(), self._in_flight).items():
             self.supervisor.set_desired(name, desired)
+
+    def _in_flight(self, api: str) -> float:
+        """Requests not yet answered: at replicas or waiting for one (what Cortex counted)."""
+        at_replicas, queued = self.proxy.queue_counts(api)
+        return float(at_replicas + queued)
 
     def _exited(self, event: ReplicaExited) -> None:
         if event.pid is not None:

@@ -105,9 +105,10 @@ def changed_parts(old: str, new: str) -> list[str]:
 
 
 def config_digest(api: Api) -> str:
-    """sha256 of the API's configuration without name, endpoint and compute."""
+    """sha256 of the API's configuration without name, endpoint, compute and the settings that
+    only steer the daemon (autoscaling, update_strategy: reload_plan applies them in place)."""
     data: dict[str, Any] = dataclasses.asdict(api)
-    for key in ("name", "endpoint", "compute"):
+    for key in ("name", "endpoint", "compute", "autoscaling", "update_strategy"):
         data.pop(key, None)
     # default=repr: YAML can produce dates and other non-JSON scalars in metadata.
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=repr)

@@ -46,6 +46,7 @@ class RunningApi:
     endpoint: str
     fingerprint: str
     compute: Compute
+    steering: tuple[object, ...] = (None, None)  # autoscaling and update_strategy: applied in place
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,9 @@ def plan_reload(
         if any(field not in SCALE_FIELDS for field, _, _ in diff):
             replace = True
         reasons.extend(f"compute.{field} {a} -> {b}" for field, a, b in diff)
+        if old.steering != steering(api):
+            reasons.append("autoscaling or update_strategy changed")
+            diff.append(("steering", old.steering, steering(api)))
         if replace:
             kind: ActionKind = "replace"
         elif diff:
@@ -135,6 +139,11 @@ def plan_reload(
     for name in sorted(n for n in running if n not in present):
         actions.append(Action("remove", name, None, running[name].endpoint))
     return actions
+
+
+def steering(api: Api) -> tuple[object, ...]:
+    """The settings of an API that only steer the daemon, compared as one value."""
+    return (api.autoscaling, api.update_strategy)
 
 
 def compute_diff(old: Compute, new: Compute) -> list[tuple[str, object, object]]:

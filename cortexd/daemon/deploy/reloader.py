@@ -24,14 +24,16 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from cortexd import callconv
 from cortexd.config import Api, Config
+from cortexd.config.objects import TrafficSplitter
 from cortexd.daemon.deploy.blocking import run_blocking
 from cortexd.daemon.deploy.project import PrepareError, ProjectPrep
-from cortexd.daemon.deploy.reload_plan import Action, PlanError, RunningApi, plan_reload
+from cortexd.daemon.deploy.reload_plan import Action, PlanError, RunningApi, plan_reload, steering
 from cortexd.daemon.deploy.versions import VersionFactory
 from cortexd.daemon.fleet.state import Version
 from cortexd.daemon.fleet.supervisor import Supervisor
-from cortexd.daemon.serving.proxy import Proxy
+from cortexd.daemon.serving.proxy import Proxy, RouteOptions, SplitRoute
 
 log = logging.getLogger("cortexd.reload")
 
@@ -102,6 +104,7 @@ class Reloader:
                 return ReloadReport(False, (f"cannot read requirements.txt: {exc}; nothing was changed",))
             project = ProjectPrep(self.versions, config.project_dir, env_key, self.supervisor, self.hooks)
             lines = [self._remove(name) for name in self._removed(config)]
+            self.proxy.set_splits(split_route(s) for s in config.splitters)
             pipelines = []
             for api in config.apis:
                 pipeline = self._start(api, api.name in force, project)
@@ -146,7 +149,7 @@ class Reloader:
             old.task.cancel()
         if api.name not in self.supervisor.apis:
             self.supervisor.declare(api, "fetching the model" if api.predictor.model else "preparing")
-            self.proxy.set_route(api.name, api.endpoint)
+            self.proxy.set_route(api.name, api.endpoint, route_options(api))
         task = asyncio.ensure_future(self._pipeline(api, forced, project))
         pipeline = self._pipelines[api.name] = _Pipeline(api, forced, task)
         task.add_done_callback(lambda t, name=api.name: self._finished(name, t))
@@ -199,7 +202,8 @@ class Reloader:
         gen = entry.deploying if entry is not None else None
         running = {}
         if entry is not None and gen is not None:
-            running[api.name] = RunningApi(api.name, entry.spec.endpoint, gen.version.fingerprint, entry.spec.compute)
+            running[api.name] = RunningApi(api.name, entry.spec.endpoint, gen.version.fingerprint, entry.spec.compute,
+                                           steering(entry.spec))
         try:
             (action,) = plan_reload(running, [api], {api.name: fingerprint}, [api.name] if forced else [])
         except PlanError as exc:
@@ -208,7 +212,7 @@ class Reloader:
 
     def _in_place(self, action: Action, api: Api) -> None:
         if action.moved:
-            self.proxy.set_route(api.name, api.endpoint)
+            self.proxy.set_route(api.name, api.endpoint, route_options(api))
         self.supervisor.rescale(api)
         self.hooks.track(api)
 
@@ -222,7 +226,7 @@ class Reloader:
             if ok:
                 self.hooks.track(api)
 
-        self.proxy.set_route(api.name, api.endpoint)
+        self.proxy.set_route(api.name, api.endpoint, route_options(api))
         if action.kind == "add":
             self.hooks.reset_autoscale(api)
         entry = self.supervisor.apis.get(api.name)
@@ -256,3 +260,20 @@ class Reloader:
         task = asyncio.ensure_future(run_blocking(collect))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def split_route(splitter: TrafficSplitter) -> SplitRoute:
+    return SplitRoute(
+        name=splitter.name, endpoint=splitter.endpoint,
+        apis=tuple((s.api, s.weight) for s in splitter.apis if not s.shadow),
+        shadows=tuple(s.api for s in splitter.apis if s.shadow),
+    )
+
+
+def route_options(api: Api) -> RouteOptions:
+    """How the proxy handles the API's requests: the client's headers go to predictors whose
+    Cortex release passed them; max_replica_concurrency bounds what waits per replica."""
+    return RouteOptions(
+        forward_headers=api.call in (callconv.CALL_CLASS_KWARGS, callconv.CALL_HANDLER),
+        max_concurrency=api.autoscaling.max_replica_concurrency if api.autoscaling is not None else None,
+    )

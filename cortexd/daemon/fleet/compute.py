@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cortexd.config import Api
+from cortexd.config.objects import Autoscaling
 from cortexd.daemon.fleet import autoscale
 from cortexd.daemon.fleet.admission import Capacity, Request, admit, machine_capacity
 from cortexd.daemon.fleet.events import ReplicaOverMemory
@@ -26,7 +27,7 @@ from cortexd.daemon.fleet.gpu_memory import (
 )
 from cortexd.daemon.fleet.gpus import GpuInfo, Nvml
 from cortexd.daemon.fleet.placement import GpuRequest, Holding, cuda_visible_devices, place_gpus
-from cortexd.daemon.fleet.snapshot import Fleet
+from cortexd.daemon.fleet.snapshot import ApiSnapshot, Fleet
 from cortexd.daemon.observe.status import UPDATING
 from cortexd.daemon.observe.views import Usage
 
@@ -63,6 +64,7 @@ class ComputeManager:
         self.holdings: dict[str, Holding] = {}  # replica id -> its GPUs, share and reserved memory
         self.gpu_usage: dict[str, dict[int, int]] = {}  # replica id -> GPU index -> bytes (NVML)
         self.autoscale_state: dict[str, autoscale.AutoscaleState] = {}
+        self.concurrency_state: dict[str, autoscale.ConcurrencyState] = {}  # APIs with `autoscaling`
         self._last_autoscale = float("-inf")
 
     @property
@@ -133,8 +135,10 @@ class ComputeManager:
                     events.append(ReplicaOverMemory(rep.id, u.rss_bytes, limit))
         return events
 
-    def autoscale(self, fleet: Fleet, usage: Mapping[str, Usage], now: float) -> dict[str, int]:
-        """Each period: desired replicas per API from its ready replicas' CPU use."""
+    def autoscale(self, fleet: Fleet, usage: Mapping[str, Usage], now: float,
+                  in_flight: Callable[[str], float] = lambda api: 0.0) -> dict[str, int]:
+        """Each period: desired replicas per API, from its in-flight requests (`autoscaling`,
+        Cortex v0.14+) or its ready replicas' CPU use (the dialects that had that rule)."""
         if now - self._last_autoscale < self.settings.period_s:
             return {}
         self._last_autoscale = now
@@ -142,6 +146,10 @@ class ComputeManager:
         for name, snap in fleet.items():
             if snap.stopping or snap.status == UPDATING or snap.version == 0:
                 continue  # a rolling update keeps its replica count
+            auto = snap.spec.autoscaling
+            if auto is not None:
+                decisions[name] = self._by_concurrency(name, snap, auto, in_flight(name), now)
+                continue
             spec = snap.spec.compute
             readings = [
                 usage[rep.id].cpu_percent / spec.cpu
@@ -157,11 +165,22 @@ class ComputeManager:
             decisions[name] = desired
         return decisions
 
+    def _by_concurrency(self, name: str, snap: ApiSnapshot, auto: Autoscaling, in_flight: float, now: float) -> int:
+        state = self.concurrency_state.get(name) or autoscale.ConcurrencyState()
+        desired, self.concurrency_state[name] = autoscale.decide_concurrency(in_flight, state, snap.spec.compute,
+                                                                             auto, now)
+        if desired != snap.requested:
+            log.info("%s: autoscaling %d -> %d replicas (%.1f requests in flight, target %g per replica)",
+                     name, snap.requested, desired, in_flight, auto.target_replica_concurrency)
+        return desired
+
     def forget_api(self, name: str) -> None:
         self.autoscale_state.pop(name, None)
+        self.concurrency_state.pop(name, None)
 
     def reset_autoscale(self, api: Api, now: float) -> None:
         self.autoscale_state[api.name] = autoscale.initial_state(api.compute, now)
+        self.concurrency_state.pop(api.name, None)
 
     # -- views ---------------------------------------------------------------------------
 

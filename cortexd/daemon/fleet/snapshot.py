@@ -75,7 +75,10 @@ def reason_of(entry: ApiEntry) -> str | None:
     if entry.current is None:
         return entry.prepare_error or entry.preparing
     gen = entry.next or entry.current
-    return gen.compute_unavailable or gen.error
+    reason = gen.compute_unavailable or gen.error
+    if reason is None and (gen.oom or gen.gpu_oom) and entry.last_error is not None:
+        reason = entry.last_error.message  # which replica, how much memory, its limit
+    return reason
 
 
 def snapshot_of(entry: ApiEntry) -> ApiSnapshot:

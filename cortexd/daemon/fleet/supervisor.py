@@ -325,10 +325,13 @@ class Supervisor(Failures):
 
     def _route(self, entry: ApiEntry, gen: Generation, rep: Replica) -> None:
         rep.routed = True
-        # One connection per request the replica serves at once (threads_per_process); batching
-        # as its own version was configured (a reload may turn it on or off beside it).
-        self.router.replica_ready(entry.name, rep.id, self.spawner.socket_path(rep.id), rep.generation,
-                                  gen.spec.threads_per_process, gen.spec.batching)
+        # One connection per request the replica serves at once (threads_per_process); a
+        # batching replica takes one batch at a time per process (its threads make the batch).
+        # Batching as its own version was configured (a reload may turn it on or off beside it).
+        spec = gen.spec
+        slots = spec.processes_per_replica if spec.batching is not None else spec.threads_per_process
+        self.router.replica_ready(entry.name, rep.id, self.spawner.socket_path(rep.id), rep.generation, slots,
+                                  spec.batching)
         self.router.set_hold_when_empty(entry.name, False)
 
     def _unroute(self, entry: ApiEntry, gen: Generation, rep: Replica, restarting: bool) -> None:

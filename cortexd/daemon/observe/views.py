@@ -16,6 +16,7 @@ from cortexd.daemon.fleet.snapshot import ApiSnapshot, Fleet
 from cortexd.daemon.fleet.state import LastError
 from cortexd.daemon.observe.batch_stats import BatchStats
 from cortexd.daemon.observe.latency import LatencyStats
+from cortexd.daemon.serving.proxy import SplitRoute
 from cortexd.daemon.observe.metrics import ApiMetricsState, GpuMetricsState, MetricsState, ReplicaGpuMetricsState
 from cortexd.daemon.systemd import status_line as systemd_status_line
 
@@ -82,6 +83,16 @@ def batching_view(snap: ApiSnapshot, batches: BatchStats | None, now: float) -> 
         "max_batch_size": batching.max_batch_size,
         "batch_interval_s": batching.batch_interval_s,
     }
+
+
+def splitter_view(split: SplitRoute, fleet: Fleet) -> dict[str, Any]:
+    """A TrafficSplitter as `cortexd get` shows it: its endpoint and each API's weight and status."""
+    rows = [{"api": api, "weight": weight, "shadow": False} for api, weight in split.apis]
+    rows += [{"api": api, "weight": 0, "shadow": True} for api in split.shadows]
+    for row in rows:
+        snap = fleet.get(str(row["api"]))
+        row["status"] = snap.status if snap is not None else "stopped"
+    return {"name": split.name, "kind": "TrafficSplitter", "endpoint": split.endpoint, "apis": rows}
 
 
 def api_summary(snap: ApiSnapshot) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Sequence, Union
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 if TYPE_CHECKING:  # ssl is imported when TLS is asked for: replicas import this module too
     import ssl
@@ -143,6 +143,13 @@ class DebugDecision:
 _NO_DEBUG = DebugDecision("", None)
 _DEBUG_ON = DebugDecision("debug=true", None)
 _DEBUG_REFUSED = DebugDecision("", (DEBUG_HEADER, DEBUG_REFUSED))
+
+
+def forwarded_query(query: str, decision: DebugDecision) -> str:
+    """The client's query for a predictor that takes query_params (Cortex v0.17+): every
+    parameter but `debug`, which the policy decided (`decision.upstream_query`)."""
+    kept = urlencode([(n, v) for n, v in parse_qsl(query, keep_blank_values=True) if n != "debug"])
+    return "&".join(part for part in (kept, decision.upstream_query) if part)
 
 
 def decide_debug(query: str, peer: str | None, policy: DebugPolicy, trusted: bool = False) -> DebugDecision:

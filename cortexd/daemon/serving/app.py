@@ -19,9 +19,9 @@ from typing import Any, Protocol
 from sanic.http.constants import Stage
 from sanic.server.protocols.http_protocol import HttpProtocol
 
-from cortexd.daemon.serving.access import ENDPOINT, METRICS, READYZ, Access, route_kind
+from cortexd.daemon.serving.access import ENDPOINT, METRICS, READYZ, Access, forwarded_query, route_kind
 from cortexd.daemon.serving.answers import head_too_large
-from cortexd.daemon.serving.proxy import Answer, Proxy
+from cortexd.daemon.serving.proxy import Answer, Proxy, forwarded_headers
 
 log = logging.getLogger("cortexd.app")
 
@@ -164,7 +164,7 @@ def build_app(proxy: Proxy, views: Views, access: Access, limits: ConnectionLimi
         if denied is not None:
             return denied
         cors = access.cors(ENDPOINT, headers)
-        api = proxy.routes.get(route)
+        api = proxy.route(route)
         if api is None:
             return json_response(404, {"error": f"no API is served at {route}"}, cors=cors)
         if method == "POST":
@@ -173,7 +173,13 @@ def build_app(proxy: Proxy, views: Views, access: Access, limits: ConnectionLimi
                                      {"Retry-After": "5", "Connection": "close"}, cors)
             handler_started(request)
             debug = access.debug(request.query_string, request.ip)
-            answer = await proxy.predict(api, request.body, debug.upstream_query)
+            query, headers = debug.upstream_query, b""
+            if proxy.forwards_headers(api):  # a predictor that may take query_params and headers
+                query = forwarded_query(request.query_string, debug)
+                headers = forwarded_headers(request.headers.items())
+            if route in proxy.splits:
+                proxy.shadow(route, request.body, query, headers)
+            answer = await proxy.predict(api, request.body, query, headers)
             if debug.header is not None:
                 answer.headers = {**(answer.headers or {}), debug.header[0]: debug.header[1]}
             return respond(answer, cors)

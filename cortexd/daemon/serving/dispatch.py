@@ -72,13 +72,14 @@ class Unreachable(Exception):
 class Job:
     """One request on its way through the queue: its outcome is `future`."""
 
-    __slots__ = ("target", "body", "future", "deadline", "arrived", "timeout_s", "created", "dispatched_at", "slot",
-                 "timer", "retried")
+    __slots__ = ("target", "body", "headers", "future", "deadline", "arrived", "timeout_s", "created",
+                 "dispatched_at", "slot", "timer", "retried")
 
     def __init__(self, target: str, body: bytes, future: asyncio.Future[tuple[int, bytes]], deadline: float,
-                 arrived: float) -> None:
+                 arrived: float, headers: bytes = b"") -> None:
         self.target = target
         self.body = body
+        self.headers = headers  # the client's header lines, for predictors that take them
         self.future = future
         self.deadline = deadline  # loop time
         self.arrived = arrived  # loop time it entered the queue (a batch interval counts from it)
@@ -154,6 +155,9 @@ class ApiQueue:
         # While a replacement for a lost replica is starting, requests wait for it (up to
         # their deadline) instead of failing with 503; the supervisor turns this on and off.
         self.hold_when_empty = False
+        # Requests in flight or waiting per ready replica beyond which new ones get 503
+        # (autoscaling.max_replica_concurrency); None: only max_queue bounds the queue.
+        self.max_concurrency: int | None = None
         self.on_batch: BatchObserver | None = None  # told of every batch sent (metrics, `cortexd get`)
         self._batch_timer: asyncio.TimerHandle | None = None  # the former's wake-up, if one is due
         self._batch_timer_at = 0.0
@@ -164,13 +168,18 @@ class ApiQueue:
 
     # -- the hot path -------------------------------------------------------------------
 
-    def submit(self, target: str, body: bytes, deadline: float) -> Job:
+    def submit(self, target: str, body: bytes, deadline: float, headers: bytes = b"") -> Job:
         """Start a request: sent to an idle slot now, or queued. Its outcome is job.future.
 
         Raises NoReplicas or QueueFull at once when it can be neither sent nor queued.
         The future fails with NoReplicas, DeadlineExceeded, PredictionTimeout, ReplicaFailed
         or Unreachable; call `abandon` if the caller stops waiting for it.
         """
+        if self.max_concurrency is not None:
+            serving = sum(1 for link in self.links.values() if link.state is LinkState.SERVING)
+            if self.in_flight + len(self.waiting) >= self.max_concurrency * max(1, serving):
+                raise QueueFull(f"the API's replicas hold max_replica_concurrency ({self.max_concurrency}) "
+                                "requests each")
         loop = asyncio.get_running_loop()
         now = loop.time()
         slot = None
@@ -188,7 +197,7 @@ class ApiQueue:
                 raise NoReplicas()
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull()
-        job = Job(target, body, loop.create_future(), deadline, now)
+        job = Job(target, body, loop.create_future(), deadline, now, headers)
         job.timer = loop.call_at(deadline, self._expire, job)
         if slot is not None:
             self._send(slot, job)
@@ -217,7 +226,7 @@ class ApiQueue:
         job.slot = slot
         job.dispatched_at = time.perf_counter()
         self.in_flight += 1
-        slot.conn.send(job.target, job.body)
+        slot.conn.send(job.target, job.body, job.headers)
 
     def _send_batch(self, slot: Slot, jobs: list[Job], now: float, trigger: str | None) -> None:
         slot.jobs = jobs
@@ -228,7 +237,7 @@ class ApiQueue:
             job.dispatched_at = stamp
         self.in_flight += len(jobs)
         # The bodies go as the clients sent them: no JSON is parsed or built here.
-        frame = batchframe.encode_request([(job.target.partition("?")[2], b"", job.body) for job in jobs])
+        frame = batchframe.encode_request([(job.target.partition("?")[2], job.headers, job.body) for job in jobs])
         slot.conn.send(batchframe.BATCH_PATH, frame)
         if self.on_batch is not None:
             self.on_batch(jobs, trigger, now)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any, Callable, Protocol
 
 from cortexd import protocol
@@ -50,6 +52,49 @@ class ProxyObserver(Protocol):
     def observe_batch(self, api: str, size: int, trigger: str | None, waits_s: list[float]) -> None: ...
 
 
+@dataclass(frozen=True)
+class RouteOptions:
+    """How the proxy treats one API's requests (from its cortex.yaml)."""
+
+    forward_headers: bool = False  # its predictor may take the client's headers (Cortex v0.17+)
+    max_concurrency: int | None = None  # per ready replica; beyond it 503 (autoscaling.max_replica_concurrency)
+
+
+# Hop-by-hop headers and those the hop sets itself never reach a replica.
+_NOT_FORWARDED = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "host", "content-length", "expect",
+})
+
+
+def forwarded_headers(items: Iterable[tuple[str, str]]) -> bytes:
+    """The client's header lines for a replica whose predictor takes headers."""
+    return b"".join(
+        f"{name}: {value}\r\n".encode("latin-1", "replace")
+        for name, value in items
+        if name.lower() not in _NOT_FORWARDED and "\r" not in value and "\n" not in value
+    )
+
+
+@dataclass(frozen=True)
+class SplitRoute:
+    """A TrafficSplitter's endpoint: each request goes to one API chosen by weight; shadows get
+    a copy whose answer is dropped."""
+
+    name: str
+    endpoint: str
+    apis: tuple[tuple[str, int], ...]  # (API, weight): the weights sum to 100
+    shadows: tuple[str, ...] = ()
+
+    def choose(self, draw: Callable[[], float] = random.random) -> str:
+        point = draw() * sum(weight for _, weight in self.apis)
+        for api, weight in self.apis:
+            if point < weight:
+                return api
+            point -= weight
+        return self.apis[-1][0]
+
+
 @dataclass
 class Answer:
     status: int
@@ -77,6 +122,9 @@ class Proxy:
         self.observer = observer
         self.queues: dict[str, ApiQueue] = {}
         self.routes: dict[str, str] = {}  # endpoint -> api name
+        self.options: dict[str, RouteOptions] = {}  # api name -> how its requests are handled
+        self.splits: dict[str, SplitRoute] = {}  # endpoint -> TrafficSplitter
+        self._shadows: set[asyncio.Task[Any]] = set()
         self.accepting = True
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -84,13 +132,16 @@ class Proxy:
 
     # -- routes (the reloader) ----------------------------------------------------------
 
-    def set_route(self, api: str, endpoint: str) -> None:
+    def set_route(self, api: str, endpoint: str, options: RouteOptions | None = None) -> None:
         """Add an API's route, or move it atomically to a new endpoint."""
         for ep, name in list(self.routes.items()):
             if name == api and ep != endpoint:
                 del self.routes[ep]
         self.routes[endpoint] = api
-        self._queue(api)
+        q = self._queue(api)
+        if options is not None:
+            self.options[api] = options
+            q.max_concurrency = options.max_concurrency
 
     def remove_route(self, api: str) -> None:
         """New requests to the API get 404; its queue stays until `forget`, so the requests
@@ -99,8 +150,35 @@ class Proxy:
             if name == api:
                 del self.routes[ep]
 
+    def set_splits(self, splits: Iterable[SplitRoute]) -> None:
+        """Every TrafficSplitter of the configuration, swapped in at once."""
+        self.splits = {s.endpoint: s for s in splits}
+
+    def route(self, path: str) -> str | None:
+        """The API a request to `path` goes to: an API's endpoint, or one a splitter chose."""
+        api = self.routes.get(path)
+        if api is not None:
+            return api
+        split = self.splits.get(path)
+        return split.choose() if split is not None else None
+
+    def shadow(self, path: str, body: bytes, query: str, headers: bytes) -> None:
+        """A splitter's shadow APIs get a copy of the request; nobody waits for their answers."""
+        split = self.splits.get(path)
+        if split is None:
+            return
+        for api in split.shadows:
+            task = asyncio.ensure_future(self.predict(api, body, query, headers))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+
+    def forwards_headers(self, api: str) -> bool:
+        options = self.options.get(api)
+        return options is not None and options.forward_headers
+
     def forget(self, api: str) -> None:
         self.remove_route(api)
+        self.options.pop(api, None)
         q = self.queues.pop(api, None)
         if q is not None:
             q.set_hold_when_empty(False)
@@ -146,7 +224,7 @@ class Proxy:
 
     # -- the hot path --------------------------------------------------------------------
 
-    async def predict(self, api: str, body: bytes, query: str) -> Answer:
+    async def predict(self, api: str, body: bytes, query: str, headers: bytes = b"") -> Answer:
         """Queue, dispatch to a replica, answer; also used by `cortexd predict`."""
         # perf_counter: the loop's clock has millisecond resolution under uvloop, too coarse
         # for sub-millisecond predictions.
@@ -155,7 +233,7 @@ class Proxy:
         self._idle.clear()
         queue_s = 0.0
         try:
-            answer, queue_s = await self._dispatch(api, body, query)
+            answer, queue_s = await self._dispatch(api, body, query, headers)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -164,18 +242,18 @@ class Proxy:
             self.observer.observe(api, answer.status, time.perf_counter() - started, queue_s, answer.body)
         return answer
 
-    async def _dispatch(self, api: str, body: bytes, query: str) -> tuple[Answer, float]:
+    async def _dispatch(self, api: str, body: bytes, query: str, headers: bytes) -> tuple[Answer, float]:
         q = self.queues.get(api)
         if q is None:
             return self.unavailable(api, "the API has no replicas"), 0.0
         target = protocol.PREDICT_PATH + ("?" + query if query else "")
         loop_started = asyncio.get_running_loop().time()
         try:
-            job = q.submit(target, body, loop_started + self.settings.request_timeout_s)
+            job = q.submit(target, body, loop_started + self.settings.request_timeout_s, headers)
         except NoReplicas:
             return self.unavailable(api, "no replica is ready"), 0.0
-        except QueueFull:
-            return self.unavailable(api, f"all replicas are busy and the queue is full ({q.max_queue})"), 0.0
+        except QueueFull as exc:
+            return self.unavailable(api, str(exc) or f"all replicas are busy and the queue is full ({q.max_queue})"), 0.0
         try:
             status, payload = await job.future
         except asyncio.CancelledError:

@@ -37,7 +37,12 @@ _JSON_OK_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-l
 _HEAD_AFTER_TARGET = b" HTTP/1.1\r\nhost: replica\r\ncontent-type: application/json\r\ncontent-length: "
 
 
-def request_head(target: str, length: int) -> bytes:
+def request_head(target: str, length: int, headers: bytes = b"") -> bytes:
+    """The head of a request to a replica; `headers`: the client's own header lines (for
+    predictors that take them), which then replace the hop's content-type."""
+    if headers:
+        return (b"POST " + target.encode("latin-1") + b" HTTP/1.1\r\nhost: replica\r\ncontent-length: "
+                + str(length).encode() + b"\r\n" + headers + b"\r\n")
     return b"POST " + target.encode("latin-1") + _HEAD_AFTER_TARGET + str(length).encode() + b"\r\n\r\n"
 
 
@@ -66,15 +71,15 @@ class UpstreamConnection:
         self._closed = False
         self._connecting: asyncio.Future[None] | None = None  # held: the loop keeps tasks weakly
 
-    def send(self, target: str, body: bytes) -> None:
+    def send(self, target: str, body: bytes, headers: bytes = b"") -> None:
         if self._busy:
             raise RuntimeError("UpstreamConnection.send while a request is outstanding")
         self._busy = True
         wire = self._wire
         if wire is None or wire.transport.is_closing():
-            self._connecting = asyncio.ensure_future(self._connect_and_send(target, body))
+            self._connecting = asyncio.ensure_future(self._connect_and_send(target, body, headers))
             return
-        wire.write(target, body)
+        wire.write(target, body, headers)
 
     def close(self) -> None:
         """Close for good; a request outstanding fails (sent=True) once the close completes."""
@@ -98,14 +103,14 @@ class UpstreamConnection:
         self.send(target, body)
         return await fut
 
-    async def _connect_and_send(self, target: str, body: bytes) -> None:
+    async def _connect_and_send(self, target: str, body: bytes, headers: bytes = b"") -> None:
         try:
-            await self._connect_and_write(target, body)
+            await self._connect_and_write(target, body, headers)
         finally:
             if self._connecting is asyncio.current_task():
                 self._connecting = None
 
-    async def _connect_and_write(self, target: str, body: bytes) -> None:
+    async def _connect_and_write(self, target: str, body: bytes, headers: bytes = b"") -> None:
         old, self._wire = self._wire, None
         if old is not None:
             old.transport.abort()
@@ -122,7 +127,7 @@ class UpstreamConnection:
             self._fail(UpstreamError("the connection to the replica was closed", sent=False))
             return
         self._wire = wire
-        wire.write(target, body)
+        wire.write(target, body, headers)
 
     def _fail(self, error: UpstreamError) -> None:
         if self._busy:
@@ -151,8 +156,8 @@ class _Wire(asyncio.Protocol):
         self._length = 0
         self._head: bytes | None = None  # the header block of an answer off the JSON fast path
 
-    def write(self, target: str, body: bytes) -> None:
-        head = request_head(target, len(body))
+    def write(self, target: str, body: bytes, headers: bytes = b"") -> None:
+        head = request_head(target, len(body), headers)
         # One write for small bodies (one syscall, one packet); large ones are not copied.
         if len(body) < 65536:
             self.transport.write(head + body)
