@@ -338,3 +338,65 @@ def test_rescale_applies_bounds_in_place(world) -> None:
 def test_spawn_request_carries_the_version() -> None:
     req = SpawnRequest("iris-1", make_api(), version(7), [0])
     assert dataclasses.replace(req, gpus=[1]).version.number == 7
+
+
+def test_update_strategy_surge_0_stops_the_old_replica_before_its_replacement_starts(world) -> None:
+    from cortexd.config.objects import UpdateStrategy
+
+    sup, spawner, router, clock = world
+
+    class OneGpu:  # room for one replica at a time
+        held: set[str] = set()
+
+        def place(self, replica_id, api, preferred):
+            if self.held:
+                return None, "needs 1 GPU per replica; 1 of 1 in use"
+            self.held.add(replica_id)
+            return [0], None
+
+        def release(self, replica_id):
+            self.held.discard(replica_id)
+
+    sup.placer = OneGpu()
+    spec = dataclasses.replace(make_api(gpu=1), update_strategy=UpdateStrategy("0", "1"))
+    sup.deploy(spec, version(1))
+    sup.reconcile()
+    old = ids(spawner)[0]
+    sup.handle(ReplicaReady(old))
+    sup.deploy(spec, version(2))
+    sup.reconcile()
+    assert old in router.draining and len(spawner.spawned) == 1  # the old one goes first
+    router.draining[old]()
+    sup.handle(ReplicaExited(old, 0))
+    sup.reconcile()
+    new = ids(spawner)[1]
+    assert spawner.spawned[1].version.number == 2 and sup.status("iris") == "updating"
+    sup.handle(ReplicaReady(new))
+    assert router.ready["iris"] == [new] and sup.status("iris") == "live"
+    sup.reconcile()
+    assert len(spawner.spawned) == 2  # the drained slot is not refilled with the old version
+
+
+def test_update_strategy_surge_1_rolls_one_replica_at_a_time_and_serves_both(world) -> None:
+    from cortexd.config.objects import UpdateStrategy
+
+    sup, spawner, router, clock = world
+    spec = dataclasses.replace(make_api(min_replicas=2, init_replicas=2, max_replicas=2),
+                               update_strategy=UpdateStrategy("1", "0"))
+    sup.deploy(spec, version(1))
+    sup.reconcile()
+    old = ids(spawner)
+    for rid in old:
+        sup.handle(ReplicaReady(rid))
+    sup.deploy(spec, version(2))
+    sup.reconcile()
+    assert len(spawner.spawned) == 3 and not router.draining  # one surge replica, nothing drained yet
+    first = ids(spawner)[2]
+    sup.handle(ReplicaReady(first))
+    assert first in router.ready["iris"]  # it serves beside the old ones
+    sup.reconcile()
+    assert len(router.draining) == 1 and len(spawner.spawned) == 4  # one old drains, the next new starts
+    sup.handle(ReplicaReady(ids(spawner)[3]))
+    sup.reconcile()
+    assert set(router.draining) == set(old) and sup.status("iris") == "live"
+    assert sorted(router.ready["iris"]) == sorted(ids(spawner)[2:])

@@ -118,6 +118,7 @@ class Generation:
     gpu_oom: bool = False
     compute_unavailable: str | None = None
     info: dict[str, Any] = field(default_factory=dict)  # what the replica said of its model
+    retiring: set[int] = field(default_factory=set)  # slots a rolling update drained: not refilled
 
     def ready_count(self) -> int:
         return sum(1 for r in self.replicas.values() if r.state is READY)

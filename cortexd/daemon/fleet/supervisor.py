@@ -29,6 +29,7 @@ from cortexd.daemon.fleet.events import (
 )
 from cortexd.daemon.fleet.failures import LOAD_FAILURES_FOR_ERROR, Failures, SupervisorSettings, backoff_delay
 from cortexd.daemon.fleet.lifecycle import OpenPlacer, Placer, Router, SpawnRequest, Spawner
+from cortexd.daemon.fleet.rolling import roll_step
 from cortexd.daemon.fleet.snapshot import Fleet, reason_of, snapshot_of, status_of
 from cortexd.daemon.fleet.state import (
     DRAINING,
@@ -205,6 +206,8 @@ class Supervisor(Failures):
             self._route(entry, gen, rep)
             self._settle_first(entry)
         elif gen is entry.next:
+            if gen.spec.update_strategy is not None:  # a rolling update serves new replicas as they come
+                self._route(entry, gen, rep)
             self._maybe_switch(entry)
 
     # -- reconcile ---------------------------------------------------------------------------
@@ -220,7 +223,8 @@ class Supervisor(Failures):
             if entry.current is None:
                 continue
             if entry.next is not None:
-                self._reconcile_generation(entry, entry.next, now)
+                limit = self._roll(entry, entry.current, entry.next, now)
+                self._reconcile_generation(entry, entry.next, now, limit)
                 self._maybe_switch(entry)
             self._reconcile_generation(entry, entry.current, now)
             self._settle_first(entry)
@@ -228,12 +232,35 @@ class Supervisor(Failures):
                 self._drain_all(entry, gen, now)
         self._enforce_kill_deadlines(now)
 
-    def _reconcile_generation(self, entry: ApiEntry, gen: Generation, now: float) -> None:
+    def _roll(self, entry: ApiEntry, old: Generation, new: Generation, now: float) -> int | None:
+        """One step of a rolling update with an update_strategy (fleet/rolling.py): drain the
+        old replicas it allows; how many new ones may exist. None: start-first, all at once."""
+        strategy = new.spec.update_strategy
+        if strategy is None:
+            return None
+        surge, unavailable = strategy.resolve(entry.desired)
+        old_live = [r for r in old.replicas.values() if r.state in (STARTING, READY) and r.slot not in old.retiring]
+        new_live = [r for r in new.replicas.values() if r.state in (STARTING, READY)]
+        step = roll_step(entry.desired, surge, unavailable, len(old_live), len(new_live), new.ready_count())
+        # Not-yet-ready old replicas go first, then the highest slots.
+        for rep in sorted(old_live, key=lambda r: (r.state is READY, -r.slot))[:step.drain_old]:
+            old.retiring.add(rep.slot)
+            self._drain(entry, rep, now)
+        return step.new_target
+
+    def _reconcile_generation(self, entry: ApiEntry, gen: Generation, now: float, limit: int | None = None) -> None:
+        """Start what `gen` lacks of `entry.desired` replicas (at most `limit` of them exist);
+        drain what is above it. Slots an update is retiring stay empty."""
         by_slot = {rep.slot: rep for rep in gen.replicas.values() if rep.state in (STARTING, READY)}
         gen.compute_unavailable = None
+        room = None if limit is None else limit - len(by_slot)
         for n in range(entry.desired):
-            if n in by_slot:
+            if n in by_slot or n in gen.retiring:
                 continue
+            if room is not None:
+                if room <= 0:
+                    break
+                room -= 1
             slot = gen.slot(n)
             if slot.next_start > now:
                 continue
@@ -275,11 +302,14 @@ class Supervisor(Failures):
             return
         if nxt.ready_count() < max(1, min(entry.desired, nxt.spec.compute.max_replicas)):
             return
-        # Switch atomically: every new replica enters the queue, then every old one drains.
         old = entry.current
+        if nxt.spec.update_strategy is not None and old is not None and any(
+                r.state in (STARTING, READY) and r.slot not in old.retiring for r in old.replicas.values()):
+            return  # a rolling update is done when no old replica is left
+        # Switch atomically: every new replica enters the queue, then every old one drains.
         entry.current, entry.next = nxt, None
         for rep in nxt.replicas.values():
-            if rep.state is READY:
+            if rep.state is READY and not rep.routed:
                 self._route(entry, nxt, rep)
         if old is not None:
             entry.retired.append(old)
@@ -295,6 +325,7 @@ class Supervisor(Failures):
         entry.next = None
         entry.retired.append(nxt)
         self._drain_all(entry, nxt, self.clock())
+        entry.current.retiring.clear()  # the old version fills its slots again
         message = f"update failed, still serving version {entry.current.version.number}: {reason}"
         self._error(entry, message)
         self._api_log(entry.name, message)
