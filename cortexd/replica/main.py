@@ -26,6 +26,8 @@ from cortexd.replica.bodies import BodyError, encode_prediction, parse_body
 from cortexd.protocol import LoadFailed, Ready, ReplicaSpec, StatusMessage, encode_status, read_spec_fd
 from cortexd.replica.predictors import PayloadError, Predictor, PredictorLoadError, load_predictor
 from cortexd.replica.server import Handler, ReplicaProtocol
+from cortexd.v2 import hop as v2_hop
+from cortexd.v2.replica import V2Predictor, handle_replica_request
 
 _PR_SET_PDEATHSIG = 1
 DEBUG_TRUNCATE = 2000
@@ -52,10 +54,12 @@ def _log(message: str) -> None:
 
 
 def build_handler(predictor: Predictor) -> Handler:
-    """The replica's requests: POST /predict runs the predictor, GET /info describes it."""
+    """The replica's requests: POST /predict runs the predictor, POST /v2/infer runs a V2
+    inference request (cortexd/v2/hop.py), GET /info describes it."""
     predict = predictor.predict
     predict_path, info_path = protocol.PREDICT_PATH, protocol.INFO_PATH
     loads = parse_body
+    v2, v2_path = V2Predictor(predictor), v2_hop.REPLICA_PATH  # Open Inference Protocol (cortexd/v2)
 
     def error(status: int, message: str) -> tuple[int, bytes]:
         return status, json.dumps({"error": message}).encode()
@@ -84,6 +88,8 @@ def build_handler(predictor: Predictor) -> Handler:
             if debug:
                 _log(f"debug: prediction: {_truncate(encoded.decode())}")
             return 200, encoded
+        if path == v2_path and method == "POST":
+            return handle_replica_request(v2, query, body)
         if path == info_path and method == "GET":
             return 200, encode_prediction(predictor.describe())
         return error(404, f"{method} {path} is not served here")

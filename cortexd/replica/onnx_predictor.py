@@ -243,4 +243,4 @@ def load(ctx: ReplicaSpec) -> Predictor:
         return _OutputsByName(client)
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
     instance = construct_user_class(module, "ONNXPredictor", client, ctx.config, ("onnx_client",))
-    return UserPredictor(instance, client.describe)
+    return UserPredictor(instance, client.describe, client)

@@ -198,13 +198,17 @@ class TensorFlowClient:
         return inputs
 
     def predict(self, payload: Any) -> dict[str, Any]:
-        inputs = self.to_inputs(payload)
+        return {name: to_jsonable(value) for name, value in self.run(self.to_inputs(payload)).items()}
+
+    def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The signature's outputs as numpy arrays, for inputs already converted (to_inputs,
+        or the V2 endpoint's own checks)."""
         try:
             outputs = self._fn(**inputs)
         except self._errors as exc:
             # our checks passed but the graph refused (a shape a later op fixes): the payload's fault
             raise PayloadError(f"the model rejected the inputs: {_first_line(exc)}") from None
-        return {name: to_jsonable(value.numpy()) for name, value in outputs.items()}
+        return {name: value.numpy() for name, value in outputs.items()}
 
     def describe(self) -> dict[str, Any]:
         def entry(name: str, spec: Any) -> dict[str, Any]:
@@ -234,9 +238,9 @@ def load(ctx: ReplicaSpec) -> Predictor:
         raise PredictorLoadError(f"api {ctx.api_name}: tensorflow.model is required")
     client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu)
     if not ctx.predictor_path:  # the API answers the signature's outputs by name
-        return UserPredictor(client, client.describe)
+        return UserPredictor(client, client.describe, client)
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
     instance = construct_user_class(
         module, "TensorFlowPredictor", client, ctx.config, ("tensorflow_client", "tf_client")
     )
-    return UserPredictor(instance, client.describe)
+    return UserPredictor(instance, client.describe, client)
