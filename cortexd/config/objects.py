@@ -55,6 +55,7 @@ class Api:
     metadata: dict[str, Any]
     batching: Batching | None = None
     threads_per_process: int = 1  # requests one replica serves at once (a thread pool in the replica)
+    v2: dict[str, Any] | None = None  # python.v2, checked: the V2 model metadata's inputs and outputs
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ TYPE_DOCS: dict[str, str] = {
 PREDICTOR_KINDS: tuple[str, ...] = ("python", "tensorflow", "onnx")
 
 # Paths the daemon serves itself; no endpoint may be one of them or lie under one.
-RESERVED_PATHS: tuple[str, ...] = ("/healthz", "/readyz", "/metrics")
+RESERVED_PATHS: tuple[str, ...] = ("/healthz", "/readyz", "/metrics", "/v2")  # /v2: the Open Inference Protocol
 
 # Names are used in file and socket names and as labels; 63 like a DNS label (and Kubernetes).
 _NAME_MAX = 63
@@ -66,6 +66,8 @@ PYTHON_KEYS: tuple[Key, ...] = (
     Key("predictor", "str", "predictor file, relative to the folder holding cortex.yaml",
         required=True, check="predictor_file"),
     Key("config", "map", _CONFIG_HELP),
+    Key("v2", "map", "the tensors V2 clients see in the model metadata (docs/v2.md): inputs and outputs, "
+        "lists of {name, datatype, shape}", new=True),
 )
 
 TENSORFLOW_KEYS: tuple[Key, ...] = (

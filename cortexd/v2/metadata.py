@@ -63,39 +63,48 @@ def model_metadata(entry: ModelEntry) -> dict[str, Any]:
     }
 
 
+class DeclarationError(ValueError):
+    """A declaration's first problem: `path` is its key path ("v2.inputs[0].shape"), `problem` what is wrong."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
 def parse_declaration(value: Any, where: str = "v2") -> dict[str, list[dict[str, Any]]]:
     """A Python API's declared tensors, checked: {"inputs": [...], "outputs": [...]}, each
     tensor {"name": str, "datatype": one of the V2 datatypes, "shape": [int, ...]} with -1
-    for a dynamic dimension. Raises ValueError naming the key path of the first problem."""
+    for a dynamic dimension. Raises DeclarationError for the first problem."""
     if not isinstance(value, dict):
-        raise ValueError(f"{where}: expected a mapping with keys inputs and outputs, got {type(value).__name__}")
+        raise DeclarationError(where, f"expected a mapping with keys inputs and outputs, got {type(value).__name__}")
     extra = sorted(str(k) for k in value if k not in ("inputs", "outputs"))
     if extra:
-        raise ValueError(f"{where}: unknown keys {extra}; expected inputs and outputs")
+        raise DeclarationError(where, f"unknown keys {extra}; expected inputs and outputs")
     out: dict[str, list[dict[str, Any]]] = {}
     for side in ("inputs", "outputs"):
         tensors = value.get(side)
         if tensors is None:  # a side left out (or written empty in YAML) has no tensors
             tensors = []
         if not isinstance(tensors, list):
-            raise ValueError(f"{where}.{side}: expected a list of tensors, got {type(tensors).__name__}")
+            raise DeclarationError(f"{where}.{side}", f"expected a list of tensors, got {type(tensors).__name__}")
         parsed: list[dict[str, Any]] = []
         for i, t in enumerate(tensors):
             at = f"{where}.{side}[{i}]"
             if not isinstance(t, dict):
-                raise ValueError(f"{at}: expected a mapping with name, datatype and shape")
+                raise DeclarationError(at, "expected a mapping with name, datatype and shape")
             unknown = sorted(str(k) for k in t if k not in ("name", "datatype", "shape"))
             if unknown:
-                raise ValueError(f"{at}: unknown keys {unknown}; expected name, datatype, shape")
+                raise DeclarationError(at, f"unknown keys {unknown}; expected name, datatype, shape")
             name, dtype, shape = t.get("name"), t.get("datatype"), t.get("shape")
             if not isinstance(name, str) or not name:
-                raise ValueError(f"{at}.name: expected a non-empty string")
+                raise DeclarationError(f"{at}.name", "expected a non-empty string")
             if any(p["name"] == name for p in parsed):
-                raise ValueError(f"{at}.name: {name!r} is declared twice")
+                raise DeclarationError(f"{at}.name", f"{name!r} is declared twice")
             if dtype not in DATATYPES:
-                raise ValueError(f"{at}.datatype: expected one of {', '.join(DATATYPES)}, got {dtype!r}")
+                raise DeclarationError(f"{at}.datatype", f"expected one of {', '.join(DATATYPES)}, got {dtype!r}")
             if not isinstance(shape, list) or not all(type(d) is int and d >= -1 for d in shape):
-                raise ValueError(f"{at}.shape: expected a list of integers, -1 for a dynamic dimension, got {shape!r}")
+                raise DeclarationError(f"{at}.shape", f"expected a list of integers, -1 for a dynamic dimension, got {shape!r}")
             parsed.append({"name": name, "datatype": dtype, "shape": list(shape)})
         out[side] = parsed
     return out
