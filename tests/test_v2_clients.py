@@ -219,3 +219,35 @@ def test_every_request_went_through_the_backend(served: Served) -> None:
     # what the daemon's queue would count: one infer per request, nothing decoded before it
     calls = [c for c in served.backend.calls if c[0] in ("iris", "py")]
     assert calls and all(target.startswith("/v2/infer?m=") for _, target, _ in calls)
+
+
+def test_concurrent_requests_each_get_their_own_answer(served: Served) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(3)
+    batches = [rng.normal(size=(1, 4)).astype(np.float32) for _ in range(24)]
+    expected = [served.local["iris"].predict({"input": b.tolist()})["label"] for b in batches]
+
+    def over_grpc(i: int) -> list[int]:  # the gRPC client is thread-safe: 8 threads share it
+        result = served.grpc.infer("iris", [grpc_input("input", batches[i], "FP32")], request_id=str(i),
+                                   client_timeout=30)
+        assert result.get_response().id == str(i)
+        return result.as_numpy("label").tolist()  # type: ignore[no-any-return]
+
+    # tritonclient's HTTP client is gevent-based and not thread-safe: its own async_infer,
+    # 8 requests in flight on one client, in this thread, while the gRPC threads run
+    http = tritonhttp.InferenceServerClient(served.front.http_url, concurrency=8, network_timeout=30)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            grpc_futures = {i: pool.submit(over_grpc, i) for i in range(1, len(batches), 2)}
+            pending = {i: http.async_infer("iris", [http_input("input", batches[i], "FP32", i % 4 == 0)],
+                                           request_id=str(i)) for i in range(0, len(batches), 2)}
+            got: dict[int, list[int]] = {}
+            for i, request in pending.items():
+                result = request.get_result()
+                assert result.get_response()["id"] == str(i)
+                got[i] = result.as_numpy("label").tolist()
+            got.update({i: f.result(timeout=60) for i, f in grpc_futures.items()})
+    finally:
+        http.close()
+    assert [got[i] for i in range(len(batches))] == expected

@@ -17,8 +17,12 @@ Nothing here imports numpy.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, unquote
+
+from cortexd.v2.datatypes import DATATYPES, TensorError, unpack_bytes_elements
 
 REPLICA_PATH = "/v2/infer"
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -96,3 +100,39 @@ def split_answer(payload: bytes) -> tuple[bytes, memoryview]:
             view = memoryview(payload)
             return bytes(view[start:end]), view[end:]
     return payload, memoryview(b"")
+
+
+def tracker_prediction(payload: bytes) -> dict[str, Any] | None:
+    """A 200 answer as the prediction the tracker reads: {output name: value}, the value being
+    the output's one element when it holds one (a request of one sample), else its flat list.
+    Binary outputs are unpacked with struct. None when the answer cannot be read; only
+    tracked APIs pay for this."""
+    try:
+        header, binary = split_answer(payload)
+        doc = json.loads(header)
+        out: dict[str, Any] = {}
+        at = 0
+        for entry in doc.get("outputs") or []:
+            size = (entry.get("parameters") or {}).get("binary_data_size")
+            if size is None:
+                values = _flat(entry.get("data"))
+            else:
+                raw, at = binary[at : at + size], at + size
+                dtype = DATATYPES[entry["datatype"]]
+                if dtype.name == "BYTES":
+                    values = [v.decode("utf-8", "replace") for v in unpack_bytes_elements(raw, entry["name"])]
+                else:
+                    values = list(struct.unpack(f"<{len(raw) // dtype.size}{dtype.code}", raw))
+            out[entry["name"]] = values[0] if len(values) == 1 else values
+        return out
+    except (ValueError, KeyError, TypeError, TensorError, struct.error):
+        return None
+
+
+def _flat(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    out: list[Any] = []
+    for item in data:
+        out.extend(_flat(item))
+    return out
