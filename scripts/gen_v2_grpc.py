@@ -1,4 +1,5 @@
-"""Regenerate cortexd/v2/pb/inference_pb2.py and inference_pb2_grpc.py from inference.proto.
+"""Regenerate cortexd/v2/pb/inference_pb2.py (+ .pyi, for type checkers) and inference_pb2_grpc.py
+from inference.proto.
 
     .venv/bin/python -m pip install grpcio-tools    # a build-time tool only, not a dependency
     .venv/bin/python scripts/gen_v2_grpc.py
@@ -39,13 +40,13 @@ def private_pool(source: str) -> str:
     if source.count(DEFAULT_POOL) != 1:
         raise SystemExit(f"{PB2}: expected one {DEFAULT_POOL!r}; the generator's output changed")
     source = source.replace(DEFAULT_POOL, PRIVATE_POOL)
-    return re.sub(r"^(DESCRIPTOR = )", POOL_NOTE + r"\1", source, count=1, flags=re.M)
+    return re.sub(r"^(DESCRIPTOR = )", POOL_NOTE + r"\1", source, count=1, flags=re.MULTILINE)
 
 
 def main() -> int:
     cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{REPO}", f"--python_out={REPO}",
-           f"--grpc_python_out={REPO}", os.path.join(REPO, PROTO)]
-    result = subprocess.run(cmd, cwd=REPO)
+           f"--pyi_out={REPO}", f"--grpc_python_out={REPO}", os.path.join(REPO, PROTO)]
+    result = subprocess.run(cmd, cwd=REPO, check=False)
     if result.returncode != 0:
         return result.returncode
     with open(PB2) as f:

@@ -113,7 +113,7 @@ def test_wrong_methods_are_405(method: str, path: str, allowed: str) -> None:
 def test_infer_passes_the_body_through_with_what_the_replica_needs() -> None:
     backend = FakeBackend()
     body = b'{"inputs":[]}' + b"\x00\x01\x02\x03"
-    status, headers, doc = call(backend, "POST", "/v2/models/iris/versions/3/infer", body,
+    status, _, doc = call(backend, "POST", "/v2/models/iris/versions/3/infer", body,
                                 {"Inference-Header-Content-Length": "13"}, query="debug=true")
     assert status == 200 and doc == {"outputs": []}
     [(model, target, sent)] = backend.infers

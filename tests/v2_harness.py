@@ -18,7 +18,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from cortexd import protocol
 from cortexd.daemon.serving.upstream import UpstreamConnection
@@ -115,7 +116,7 @@ class FrontEnds:
         self._runner: Any = None
         self._grpc: Any = None
 
-    def start(self) -> "FrontEnds":
+    def start(self) -> FrontEnds:
         self.loop.call(self._start())
         return self
 

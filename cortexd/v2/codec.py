@@ -17,8 +17,9 @@ caller passes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from cortexd.v2.datatypes import (
     Datatype,
@@ -89,7 +90,10 @@ class InferRequest:
 
 
 def _loads(header: bytes) -> Any:
-    from cortexd.replica.bodies import BodyError, parse_body  # depth-checked JSON, as /predict
+    from cortexd.replica.bodies import (  # depth-checked JSON, as /predict
+        BodyError,
+        parse_body,
+    )
 
     try:
         return parse_body(header)

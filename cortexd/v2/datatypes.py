@@ -13,8 +13,9 @@ dtype); requests that use it get a clear error.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 
 class TensorError(ValueError):

@@ -11,7 +11,8 @@ by slicing.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from cortexd.v2.datatypes import DATATYPES, TensorError, pack_values
 

@@ -8,7 +8,8 @@ that names the input and says what the model expects, the same words the model m
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from cortexd.v2.codec import InferRequest, V2Error
 from cortexd.v2.datatypes import v2_name

@@ -22,7 +22,8 @@ from __future__ import annotations
 import sys
 import traceback
 import zlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from cortexd.v2 import hop
 from cortexd.v2.codec import (
@@ -153,7 +154,7 @@ def _output_value(entry: dict[str, Any]) -> Any:
     try:
         if isinstance(entry.get("datatype"), str):
             if not isinstance(shape, list):
-                shape = list(np.shape(data))
+                shape = list(np.shape(np.asarray(data)))
             return json_array(datatype(entry["datatype"], what), data, shape, what)
         value = np.asarray(data)
         return value.reshape(shape) if isinstance(shape, list) else value

@@ -16,12 +16,19 @@ length, the content encoding) and passes the body through to a replica untouched
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import unquote
 
 from cortexd.v2 import metadata
 from cortexd.v2.backend import ModelEntry, V2Backend
-from cortexd.v2.hop import HEADER_LENGTH, JSON_CONTENT_TYPE, ReplicaCall, read_replica_answer, replica_target
+from cortexd.v2.hop import (
+    HEADER_LENGTH,
+    JSON_CONTENT_TYPE,
+    ReplicaCall,
+    read_replica_answer,
+    replica_target,
+)
 
 Response = tuple[int, dict[str, str], bytes]
 
