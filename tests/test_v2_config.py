@@ -65,3 +65,19 @@ def test_onnx_apis_take_their_metadata_from_the_model(tmp_path: Path) -> None:
 def test_v2_paths_belong_to_the_protocol(tmp_path: Path, body: str, deployment: str) -> None:
     got = errors(tmp_path, body, deployment)
     assert any("/v2" in e and "reserved" in e for e in got), got
+
+
+def test_the_examples_declare_the_python_apis_tensors() -> None:
+    import os
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(repo, "examples", "cortex.yaml")
+    with open(path) as f:
+        text = f.read()
+    # the TensorFlow example's model is built by `make examples`: leave that API out here
+    text = text[: text.index("- kind: api\n  name: iris-tensorflow")]
+    config = load_config_text(text, path)
+    by_name = {api.name: api for api in config.apis}
+    assert [t["name"] for t in by_name["iris-python"].v2["inputs"]] == [
+        "sepal_length", "sepal_width", "petal_length", "petal_width"]
+    assert by_name["iris-onnx"].v2 is None  # from the model itself

@@ -303,3 +303,27 @@ def test_tensorflow_results_equal_the_apis_own_endpoint(tmp_path_factory: pytest
     assert result.as_numpy("label").tolist() == own["label"]
     status, out = post(predictor, {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]})
     assert status == 400 and "input 'x': shape [1, 3] does not match the model's [-1, 4]" in out["error"]
+
+
+# -- the examples docs/v2.md shows -----------------------------------------------------------
+
+
+def test_the_docs_examples_answer_as_their_own_endpoints() -> None:
+    import os
+
+    pytest.importorskip("sklearn")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    examples = os.path.join(repo, "examples")
+    with open(os.path.join(examples, "python-iris", "sample.json")) as f:
+        sample = json.load(f)
+    python = load_predictor(ReplicaSpec("iris-python", "python", os.path.join(examples, "python-iris", "predictor.py"),
+                                        None, None, {"max_iter": 500}, examples, [], 1.0))
+    doc = {"inputs": [{"name": k, "datatype": "FP64", "shape": [], "data": [v]} for k, v in sample.items()]}
+    status, out = post(python, doc)
+    assert status == 200 and out["outputs"][0]["data"] == [python.predict(sample)]
+    onnx = load_predictor(ReplicaSpec("iris-onnx", "onnx", os.path.join(examples, "onnx-iris", "predictor.py"),
+                                      os.path.join(examples, "onnx-iris", "iris.onnx"), None, {}, examples, [], 1.0))
+    status, out = post(onnx, {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                                          "data": list(sample.values())}], "outputs": [{"name": "label"}]})
+    labels = ["setosa", "versicolor", "virginica"]
+    assert status == 200 and labels[out["outputs"][0]["data"][0]] == onnx.predict(sample)
