@@ -22,6 +22,10 @@ setup(
         "sdnotify>=0.3",
         "prometheus-client>=0.19",
         "ujson>=5",  # the hot path parses JSON with it (falls back to json); sanic needs it anyway
+        # the V2 gRPC service (serve --grpc-port); cortexd/v2/pb/ is generated code, and it
+        # loads only on runtimes at least as new as its generator (scripts/gen_v2_grpc.py)
+        "grpcio>=1.81.1",
+        "protobuf>=6.33.5,<8",
     ],
     extras_require={
         # TensorFlow on the CPU. Not together with [gpu], which brings TensorFlow with CUDA:
@@ -42,7 +46,8 @@ setup(
         # platform (CUDA on x86_64 Linux from PyPI). Kept out of install_requires: it is large.
         "torch": ["torch>=2.1"],
         "s3": ["boto3>=1.28"],
-        "test": ["pytest>=7", "pytest-timeout>=2", "onnx>=1.15", "scikit-learn>=1.3", "moto[server]>=5", "boto3>=1.28"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "onnx>=1.15", "scikit-learn>=1.3", "moto[server]>=5", "boto3>=1.28",
+                 "tritonclient[http,grpc]>=2.40"],  # the V2 tests speak to cortexd with Triton's own client
     },
     entry_points={"console_scripts": ["cortexd=cortexd.cli:main"]},
 )

@@ -255,7 +255,8 @@ def cortex_yaml(api: str, model_path: str, replicas: int, tracker: bool) -> str:
 
 
 @contextlib.contextmanager
-def cortexd_server(project: str, workdir: str, api: str, replicas: int, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
+def cortexd_server(project: str, workdir: str, api: str, replicas: int, extra_env: dict[str, str] | None = None,
+                   extra_args: list[str] | None = None) -> Iterator[Server]:
     """A real `cortexd serve` on the project folder, on a free loopback port, until its API is live."""
     from cortexd import cli
 
@@ -271,6 +272,7 @@ def cortexd_server(project: str, workdir: str, api: str, replicas: int, extra_en
         "--runtime-dir", runtime_dir,
         "--state-dir", os.path.join(base, "state"),
         "--log-dir", os.path.join(base, "log"),
+        *(extra_args or []),
     ]
     env = {**_env(), "CORTEXD_LOG_LEVEL": "WARNING", **(extra_env or {})}
     with open(log_path, "ab") as log:

@@ -80,7 +80,7 @@ API_CASES: list[tuple[str, tuple[int, int | None, str, str]]] = [
      (1, 3, "onnx", "give exactly one of python, tensorflow, onnx (python is given at line 5)")),
     ("python: {}", (0, 3, "python.predictor", "required: predictor file")),
     ("python:", (0, 3, "python.predictor", "required: predictor file")),
-    ("python: predictor.py", (0, 3, "python", "expected a mapping with keys: predictor, config, server_side_batching, got a scalar")),
+    ("python: predictor.py", (0, 3, "python", "expected a mapping with keys: predictor, config, server_side_batching, v2, got a scalar")),
     # predictor files
     ("python: {predictor: missing.py}", (0, None, "python.predictor", "file not found: ")),
     ("python: {predictor: adir}", (0, None, "python.predictor", "is a folder; expected a Python file")),

@@ -61,7 +61,7 @@ TYPE_DOCS: dict[str, str] = {
 PREDICTOR_KINDS: tuple[str, ...] = ("python", "tensorflow", "onnx")
 
 # Paths the daemon serves itself; no endpoint may be one of them or lie under one.
-RESERVED_PATHS: tuple[str, ...] = ("/healthz", "/readyz", "/metrics")
+RESERVED_PATHS: tuple[str, ...] = ("/healthz", "/readyz", "/metrics", "/v2")  # /v2: the Open Inference Protocol
 
 # Names are used in file and socket names and as labels; 63 like a DNS label (and Kubernetes).
 _NAME_MAX = 63
@@ -96,6 +96,8 @@ PYTHON_KEYS: tuple[Key, ...] = (
         required=True, check="predictor_file"),
     Key("config", "map", _CONFIG_HELP),
     Key("server_side_batching", "section", _BATCHING_HELP, keys=BATCHING_KEYS),
+    Key("v2", "map", "the tensors V2 clients see in the model metadata (docs/v2.md): inputs and outputs, "
+        "lists of {name, datatype, shape}", new=True),
 )
 
 TENSORFLOW_KEYS: tuple[Key, ...] = (

@@ -31,6 +31,8 @@ from cortexd.replica.calls import error_status
 from cortexd.replica.packages import missing_package_hint
 from cortexd.replica.predictors import PayloadError, Predictor, PredictorLoadError, load_predictor
 from cortexd.replica.server import Handler, ReplicaProtocol
+from cortexd.v2 import hop as v2_hop
+from cortexd.v2.replica import V2Predictor, handle_replica_request
 
 _PR_SET_PDEATHSIG = 1
 DEBUG_TRUNCATE = 2000
@@ -58,7 +60,8 @@ def _log(message: str) -> None:
 
 def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = None, nan_as_null: bool = False,
                   str_as_text: bool = False, call: str = "module") -> Handler:
-    """The replica's requests: POST /predict runs the predictor, GET /info describes it.
+    """The replica's requests: POST /predict runs the predictor, POST /v2/infer runs a V2
+    inference request (cortexd/v2/hop.py), GET /info describes it.
 
     With server-side batching (`batch`), POST /predict-batch runs a batch frame and POST
     /predict is a batch of one, so the predictor always sees the batched form. A predictor
@@ -69,6 +72,7 @@ def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = No
     predict_request = getattr(predictor, "predict_request", None) if getattr(predictor, "wants", None) else None
     predict_path, info_path = protocol.PREDICT_PATH, protocol.INFO_PATH
     loads = parse_body
+    v2, v2_path = V2Predictor(predictor), v2_hop.REPLICA_PATH  # Open Inference Protocol (cortexd/v2)
 
     def error(status: int, message: str) -> tuple[int, bytes]:
         return status, json.dumps({"error": message}).encode()
@@ -109,6 +113,8 @@ def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = No
             return answer
         if path == batchframe.BATCH_PATH and method == "POST" and batch is not None:
             return batch.frame(body)
+        if path == v2_path and method == "POST":
+            return handle_replica_request(v2, query, body)
         if path == info_path and method == "GET":
             return 200, encode_prediction(predictor.describe())
         return error(404, f"{method} {path} is not served here")

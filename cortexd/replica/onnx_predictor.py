@@ -275,6 +275,9 @@ def load(ctx: ReplicaSpec) -> Predictor:
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
     user_client, gatherer = batching.model_client_for(client, ctx)
     if ctx.call != CALL_MODULE:
-        return batching.mark_gathered(user_class(module, ctx, {"onnx_client": user_client}, client.describe), gatherer)
-    instance = construct_user_class(module, "ONNXPredictor", user_client, ctx.config, ("onnx_client",))
-    return batching.mark_gathered(UserPredictor(instance, client.describe), gatherer)
+        predictor = user_class(module, ctx, {"onnx_client": user_client}, client.describe)
+    else:
+        instance = construct_user_class(module, "ONNXPredictor", user_client, ctx.config, ("onnx_client",))
+        predictor = UserPredictor(instance, client.describe)
+    predictor.client = client  # the V2 endpoint runs the model itself (cortexd/v2)
+    return batching.mark_gathered(predictor, gatherer)

@@ -128,6 +128,7 @@ class _ModulePredictor:
     """The seed's form: module-level predict(sample, metadata) and optional init(metadata)."""
 
     def __init__(self, module: types.ModuleType, metadata: dict[str, Any]) -> None:
+        self.module = module  # module-level settings (v2_input) are read from it
         self._predict = module.predict
         self._metadata = metadata
 
@@ -142,12 +143,15 @@ class UserPredictor:
     """A user's predictor instance (PythonPredictor, ONNXPredictor, TensorFlowPredictor).
 
     `describe` comes from the model's client, so GET <endpoint> still lists the model's
-    inputs and outputs when the user wraps it in a class of their own.
+    inputs and outputs when the user wraps it in a class of their own. `client` is that
+    model client (ONNX/TensorFlow), which the V2 endpoint runs directly (cortexd/v2).
     """
 
-    def __init__(self, instance: Any, describe: Callable[[], dict[str, Any]] = dict) -> None:
+    def __init__(self, instance: Any, describe: Callable[[], dict[str, Any]] = dict, client: Any = None) -> None:
         self.predict: Callable[[Any], Any] = instance.predict  # bound once: no lookups per request
         self.describe = describe
+        self.instance = instance
+        self.client = client
 
 
 def load_python_predictor(ctx: ReplicaSpec) -> Predictor:

@@ -216,25 +216,23 @@ class TensorFlowClient:
         return inputs
 
     def predict(self, payload: Any) -> dict[str, Any]:
-        inputs = self.to_inputs(payload)
+        return self.format_outputs(self.run(self.to_inputs(payload)))
+
+    def run(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The signature's outputs as numpy arrays, for inputs already converted (to_inputs,
+        or the V2 endpoint's own checks)."""
         try:
             outputs = self._fn(**inputs)
         except self._errors as exc:
             # our checks passed but the graph refused (a shape a later op fixes): the payload's fault
             raise PayloadError(f"the model rejected the inputs: {_first_line(exc)}") from None
-        if self._flat:
-            return flat_outputs({name: value.numpy() for name, value in outputs.items()})
-        return {name: to_jsonable(value.numpy()) for name, value in outputs.items()}
+        return {name: value.numpy() for name, value in outputs.items()}
 
     # -- server-side batching (cortexd/replica/stacking.py, gather.py) --
 
     def run_arrays(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        """The signature on ready inputs; the outputs by name, as numpy arrays."""
-        try:
-            outputs = self._fn(**feeds)
-        except self._errors as exc:
-            raise PayloadError(f"the model rejected the inputs: {_first_line(exc)}") from None
-        return {name: value.numpy() for name, value in outputs.items()}
+        """The signature on ready inputs (stacked batches): `run`."""
+        return self.run(feeds)
 
     def format_outputs(self, arrays: dict[str, Any]) -> dict[str, Any]:
         """What `predict` returns, from run_arrays' outputs."""
@@ -295,13 +293,16 @@ def load(ctx: ReplicaSpec) -> Predictor:
                               outputs="shaped" if ctx.call == CALL_MODULE else "flat")
     batching.require_batchable(ctx, client.batch_problem)
     if not ctx.predictor_path:  # the API answers the signature's outputs by name
-        return batching.mark_stacked(UserPredictor(client, client.describe), client, ctx)
+        return batching.mark_stacked(UserPredictor(client, client.describe, client), client, ctx)
     module = import_predictor_file(ctx.predictor_path, ctx.python_path)
     user_client, gatherer = batching.model_client_for(client, ctx)
     if ctx.call != CALL_MODULE:
         clients = {"tensorflow_client": user_client, "tf_client": user_client}
-        return batching.mark_gathered(user_class(module, ctx, clients, client.describe), gatherer)
-    instance = construct_user_class(
-        module, "TensorFlowPredictor", user_client, ctx.config, ("tensorflow_client", "tf_client")
-    )
-    return batching.mark_gathered(UserPredictor(instance, client.describe), gatherer)
+        predictor = user_class(module, ctx, clients, client.describe)
+    else:
+        instance = construct_user_class(
+            module, "TensorFlowPredictor", user_client, ctx.config, ("tensorflow_client", "tf_client")
+        )
+        predictor = UserPredictor(instance, client.describe)
+    predictor.client = client  # the V2 endpoint runs the model itself (cortexd/v2)
+    return batching.mark_gathered(predictor, gatherer)
