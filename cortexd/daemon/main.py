@@ -45,6 +45,7 @@ from cortexd.daemon.observe.metrics import Metrics
 from cortexd.daemon.observe.tracker import open_tracker
 from cortexd.daemon.pump import STALL_S, EventPump
 from cortexd.daemon.serving.app import ConnectionLimits, build_app, guarded_protocol
+from cortexd.daemon.serving.v2_backend import ApiKeyInterceptor, DaemonV2Backend
 from cortexd.daemon.serving.proxy import Proxy, ProxySettings
 from cortexd.daemon.settings import DaemonSettings
 from cortexd.daemon.systemd import Notifier
@@ -52,6 +53,8 @@ from cortexd.daemon.serving.access import Access, AccessConfigError, AccessSetti
 from cortexd.models import ArchiveLimits
 from cortexd.paths import control_socket, prepare_daemon_dirs
 from cortexd.safefs import UnsafePath
+from cortexd.v2 import grpc_service
+from cortexd.v2 import hop as v2_hop
 
 log = logging.getLogger("cortexd")
 
@@ -173,7 +176,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         limits = ConnectionLimits(max_connections(self.settings.max_connections), self.settings.header_timeout_s,
                                   self.settings.request_timeout_s)
-        app = build_app(self.proxy, self.handlers, self.access, limits)
+        v2 = DaemonV2Backend(self.supervisor, self.proxy, lambda: self.handlers.readiness()[0])
+        app = build_app(self.proxy, self.handlers, self.access, limits, v2)
         try:
             server = await app.create_server(
                 host=self.settings.host, port=self.settings.port, return_asyncio_server=True, backlog=1024,
@@ -186,6 +190,17 @@ class Daemon:
         await server.startup()
         await server.before_start()
         await server.start_serving()
+        grpc_server = None
+        if self.settings.grpc_port:
+            try:
+                grpc_server, _ = await grpc_service.serve(
+                    v2, self.settings.host, self.settings.grpc_port, self.settings.max_body_bytes,
+                    interceptors=[ApiKeyInterceptor(self.access)])
+            except RuntimeError as exc:
+                print(f"cortexd: {exc}", file=sys.stderr)
+                server.close()
+                return 1
+            log.info("Open Inference Protocol over gRPC on %s:%d", self.settings.host, self.settings.grpc_port)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_requested.set)
         log.info("cortexd %s listening on http://%s:%d (at most %d client connections)", __version__,
@@ -207,7 +222,10 @@ class Daemon:
         log.info("stopping: no new requests; finishing those in flight")
         self.notifier.stopping()
         self.reloader.cancel_all()
+        grpc_stopped = grpc_server.stop(self.settings.drain_timeout_s) if grpc_server is not None else None
         await self._shutdown(server, control)
+        if grpc_stopped is not None:
+            await grpc_stopped
         runner.cancel()
         flusher.cancel()
         await run_blocking(self.tracker.close)
@@ -330,14 +348,19 @@ class Daemon:
         batches.record(size, time.monotonic(), trigger, sum(waits_s))
         self.metrics.batch(api, size, trigger, waits_s)
 
-    def observe(self, api: str, status: int, latency_s: float, queue_s: float, body: bytes) -> None:
+    def observe(self, api: str, status: int, latency_s: float, queue_s: float, body: bytes, v2: bool = False) -> None:
         stats = self.stats.get(api)
         if stats is None:
             stats = self.stats[api] = LatencyStats()
         stats.observe(latency_s, status)
         self.metrics.request(api, status, latency_s, queue_s)
-        if status == 200:
-            self.tracker.observe_json_bytes(api, body)  # parses only when the API is tracked
+        if status == 200 and self.tracker.tracked(api):
+            if v2:  # a V2 answer: its outputs by name (cortexd/v2/hop.py reads them without numpy)
+                prediction = v2_hop.tracker_prediction(body)
+                if prediction is not None:
+                    self.tracker.observe(api, prediction)
+            else:
+                self.tracker.observe_json_bytes(api, body)
 
 
 def max_connections(configured: int) -> int:

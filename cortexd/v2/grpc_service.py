@@ -15,6 +15,7 @@ REST endpoint would put in {"error": ...}:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -116,12 +117,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 async def serve(
-    backend: V2Backend, host: str, port: int, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    backend: V2Backend, host: str, port: int, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    interceptors: Sequence[Any] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server on host:port (0: a free port); (server, the port bound).
     Stop it with `await server.stop(grace_seconds)`. Raises RuntimeError when the port
     cannot be bound."""
     server = grpc.aio.server(
+        interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -22,6 +22,8 @@ from sanic.server.protocols.http_protocol import HttpProtocol
 from cortexd.daemon.serving.access import ENDPOINT, METRICS, READYZ, Access, forwarded_query, route_kind
 from cortexd.daemon.serving.answers import head_too_large
 from cortexd.daemon.serving.proxy import Answer, Proxy, forwarded_headers
+from cortexd.v2 import rest as v2_rest
+from cortexd.v2.backend import V2Backend
 
 log = logging.getLogger("cortexd.app")
 
@@ -84,7 +86,8 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpProtocol]:
     return GuardedHttpProtocol
 
 
-def build_app(proxy: Proxy, views: Views, access: Access, limits: ConnectionLimits, name: str = "cortexd") -> Any:
+def build_app(proxy: Proxy, views: Views, access: Access, limits: ConnectionLimits, v2: V2Backend,
+              name: str = "cortexd") -> Any:
     from sanic import Sanic
     from sanic.compat import Header
     from sanic.exceptions import SanicException
@@ -164,6 +167,8 @@ def build_app(proxy: Proxy, views: Views, access: Access, limits: ConnectionLimi
         if denied is not None:
             return denied
         cors = access.cors(ENDPOINT, headers)
+        if v2_rest.is_v2_path(request.path):  # the Open Inference Protocol (docs/v2.md)
+            return await open_inference(request, cors)
         api = proxy.route(route)
         if api is None:
             return json_response(404, {"error": f"no API is served at {route}"}, cors=cors)
@@ -186,6 +191,20 @@ def build_app(proxy: Proxy, views: Views, access: Access, limits: ConnectionLimi
         if method == "GET":
             return json_response(200, views.api_summary(api), cors=cors)
         return json_response(405, {"error": f"{method} is not allowed; POST a JSON body to {route}"}, cors=cors)
+
+    async def open_inference(request: Any, cors: dict[str, str]) -> HTTPResponse:
+        if request.method == "POST" and not proxy.accepting:
+            return json_response(503, {"error": "cortexd is shutting down"}, {"Retry-After": "5", "Connection": "close"},
+                                 cors)
+        handler_started(request)
+        debug = access.debug(request.query_string, request.ip)
+        status, headers, body = await v2_rest.handle(request.method, request.path, request.headers, request.body, v2,
+                                                     debug.upstream_query)
+        headers = {**cors, **headers}
+        if debug.header is not None:
+            headers[debug.header[0]] = debug.header[1]
+        content_type = headers.pop("Content-Type", headers.pop("content-type", JSON))
+        return HTTPResponse(body, status=status, headers=headers, content_type=content_type)
 
     methods = ["GET", "POST", "OPTIONS", "PUT", "PATCH", "DELETE"]
     app.add_route(endpoint, "/", methods=methods, name="root")

@@ -38,7 +38,7 @@ import time
 from collections import deque
 from typing import Callable, Sequence
 
-from cortexd import batchframe
+from cortexd import batchframe, protocol
 from cortexd.config.objects import Batching
 from cortexd.daemon.fleet.events import Event, ReplicaLost, ReplicaOverdue
 from cortexd.daemon.serving.batcher import next_batch
@@ -95,6 +95,11 @@ class Job:
     def alive(self) -> bool:
         """Still waiting for its outcome (for the batch former)."""
         return not self.future.done()
+
+    @property
+    def framable(self) -> bool:
+        """A prediction that can go in a batch frame (a V2 request goes on its own)."""
+        return self.target.startswith(protocol.PREDICT_PATH)
 
 
 # (the jobs of a batch just sent, why it was sent: "full" | "interval" | "freed", loop time)
@@ -343,17 +348,28 @@ class ApiQueue:
         False: nothing sent (and the former's wake-up is armed when jobs wait)."""
         batching = slot.link.batching
         assert batching is not None
-        decision = next_batch(self.waiting, max_batch_size=batching.max_batch_size,
+        waiting = self.waiting
+        while waiting and not waiting[0].alive:
+            waiting.popleft()
+        if waiting and not waiting[0].framable:  # a V2 request at the head: on its own, at once
+            self._send(slot, waiting.popleft())
+            return True
+        decision = next_batch(waiting, max_batch_size=batching.max_batch_size,
                               interval_s=batching.batch_interval_s, now=now, freed=freed)
         for _ in range(decision.scanned):
-            self.waiting.popleft()
+            waiting.popleft()
         for job in decision.expired:  # its own timer is due in this very loop turn: answer it now
             _stop_timer(job)
             self._settle(job, DeadlineExceeded())
         if not decision.send:
             self._arm_batch_timer(decision.wake_at)
             return False
-        self._send_batch(slot, list(decision.send), now, decision.trigger)
+        batch = list(decision.send)
+        cut = next((i for i, job in enumerate(batch) if not job.framable), len(batch))
+        if cut < len(batch):  # the batch ends before a V2 request; it and the rest wait their turn
+            waiting.extendleft(reversed(batch[cut:]))
+            batch = batch[:cut]
+        self._send_batch(slot, batch, now, decision.trigger)
         return True
 
     def _form_batches(self, now: float, freed: bool = False) -> None:

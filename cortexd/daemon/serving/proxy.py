@@ -47,7 +47,8 @@ class ProxySettings:
 class ProxyObserver(Protocol):
     """Told about every answered prediction request (stats, metrics, tracker)."""
 
-    def observe(self, api: str, status: int, latency_s: float, queue_s: float, body: bytes) -> None: ...
+    def observe(self, api: str, status: int, latency_s: float, queue_s: float, body: bytes, v2: bool = False) -> None:
+        ...
 
     def observe_batch(self, api: str, size: int, trigger: str | None, waits_s: list[float]) -> None: ...
 
@@ -224,8 +225,10 @@ class Proxy:
 
     # -- the hot path --------------------------------------------------------------------
 
-    async def predict(self, api: str, body: bytes, query: str, headers: bytes = b"") -> Answer:
-        """Queue, dispatch to a replica, answer; also used by `cortexd predict`."""
+    async def predict(self, api: str, body: bytes, query: str, headers: bytes = b"", target: str | None = None
+                      ) -> Answer:
+        """Queue, dispatch to a replica, answer; also used by `cortexd predict`. `target`: a
+        replica path other than /predict (a V2 inference request, cortexd/v2/hop.py)."""
         # perf_counter: the loop's clock has millisecond resolution under uvloop, too coarse
         # for sub-millisecond predictions.
         started = time.perf_counter()
@@ -233,20 +236,23 @@ class Proxy:
         self._idle.clear()
         queue_s = 0.0
         try:
-            answer, queue_s = await self._dispatch(api, body, query, headers)
+            answer, queue_s = await self._dispatch(api, body, query, headers, target)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
         if self.observer is not None:
-            self.observer.observe(api, answer.status, time.perf_counter() - started, queue_s, answer.body)
+            self.observer.observe(api, answer.status, time.perf_counter() - started, queue_s, answer.body,
+                                  target is not None)
         return answer
 
-    async def _dispatch(self, api: str, body: bytes, query: str, headers: bytes) -> tuple[Answer, float]:
+    async def _dispatch(self, api: str, body: bytes, query: str, headers: bytes, target: str | None
+                        ) -> tuple[Answer, float]:
         q = self.queues.get(api)
         if q is None:
             return self.unavailable(api, "the API has no replicas"), 0.0
-        target = protocol.PREDICT_PATH + ("?" + query if query else "")
+        if target is None:
+            target = protocol.PREDICT_PATH + ("?" + query if query else "")
         loop_started = asyncio.get_running_loop().time()
         try:
             job = q.submit(target, body, loop_started + self.settings.request_timeout_s, headers)

@@ -1,0 +1,69 @@
+"""The daemon's side of the Open Inference Protocol (cortexd/v2): every API is a V2 model.
+
+The V2 front ends (the REST router on the host port, the gRPC service on --grpc-port) ask
+this backend; inference requests go through the API's own queue (batching, deadlines,
+retries, metrics, tracker, `cortexd get`), as `POST /v2/infer` to its replica.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import grpc
+
+from cortexd.daemon.fleet.supervisor import Supervisor
+from cortexd.daemon.serving.access import Access, presented_key
+from cortexd.daemon.serving.proxy import Proxy
+from cortexd.v2.backend import ModelEntry
+
+
+class DaemonV2Backend:
+    def __init__(self, supervisor: Supervisor, proxy: Proxy, ready: Callable[[], bool]) -> None:
+        self._supervisor = supervisor
+        self._proxy = proxy
+        self._ready = ready
+
+    def live(self) -> bool:
+        return self._proxy.accepting
+
+    def ready(self) -> bool:
+        return self._proxy.accepting and self._ready()
+
+    def models(self) -> list[str]:
+        return [name for name, snap in self._supervisor.snapshot().items() if not snap.stopping]
+
+    def model(self, name: str) -> ModelEntry | None:
+        snap = self._supervisor.snapshot().get(name)
+        if snap is None or snap.stopping:
+            return None
+        return ModelEntry(name, str(snap.version), snap.ready > 0, snap.spec.predictor.kind, dict(snap.info),
+                          snap.spec.v2)
+
+    async def infer(self, model: str, target: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if not self._proxy.accepting:
+            return 503, {"Retry-After": "5"}, b'{"error": "cortexd is shutting down"}'
+        answer = await self._proxy.predict(model, body, "", target=target)
+        return answer.status, dict(answer.headers or {}), bytes(answer.body)
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc's aio types are partial
+    """With --api-keys, gRPC calls need the key too: metadata `authorization: Bearer KEY` or
+    `x-api-key: KEY`, as the HTTP port's headers. Health calls stay open, as /healthz."""
+
+    _OPEN = ("/inference.GRPCInferenceService/ServerLive",)
+
+    def __init__(self, access: Access) -> None:
+        self._access = access
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        if not self._access.keys or details.method in self._OPEN:
+            return await continuation(details)
+        metadata = {k.lower(): v for k, v in (details.invocation_metadata or ())}
+        if self._access.keys.matches(presented_key(metadata)):
+            return await continuation(details)
+
+        async def refuse(request: Any, context: Any) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing or invalid API key: send authorization: Bearer <key> or x-api-key: <key>")
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
