@@ -16,6 +16,8 @@ import mmap
 import os
 from collections.abc import Iterator
 
+from cortexd import savedmodel
+
 Dims = tuple[int | None, ...]
 Signature = dict[str, "Dims | None"]  # tensor name -> shape (None: rank unknown)
 
@@ -269,14 +271,11 @@ def local_batch_problem(kind: str, path: str, signature_key: str | None = None) 
 
 
 def _saved_model_pb(path: str) -> str | None:
-    """saved_model.pb of a SavedModel folder or of the highest numbered version in it."""
+    """saved_model.pb of the SavedModel the replica would load from `path` (savedmodel.locate)."""
     if not os.path.isdir(path):
         return None
-    direct = os.path.join(path, "saved_model.pb")
-    if os.path.isfile(direct):
-        return direct
-    versions = [n for n in os.listdir(path) if n.isdigit() and os.path.isdir(os.path.join(path, n))]
-    if not versions:
+    try:
+        pb = os.path.join(savedmodel.locate(path), "saved_model.pb")
+    except (savedmodel.NotASavedModel, OSError):
         return None
-    pb = os.path.join(path, max(versions, key=int), "saved_model.pb")
     return pb if os.path.isfile(pb) else None

@@ -101,8 +101,8 @@ API_CASES: list[tuple[str, tuple[int, int | None, str, str]]] = [
     ("onnx:\n  model: model.onnx\n  predictor_path: onnx_predictor.py",
      (2, None, "onnx.predictor_path", 'unknown key; did you mean "predictor"? (accepted: model, predictor, config, python_path, server_side_batching)')),
     # tensorflow models
-    ("tensorflow: {model: empty_model}", (0, None, "tensorflow.model", "holds no saved_model.pb; expected a SavedModel folder")),
-    ("tensorflow: {model: stale}", (0, None, "tensorflow.model", "version 2 (the highest)")),
+    ("tensorflow: {model: empty_model}",
+     (0, None, "tensorflow.model", "no saved_model.pb here nor in a numbered version folder (found: nothing)")),
     ("tensorflow: {model: notzip.zip}", (0, None, "tensorflow.model", "is a file but not a .zip")),
     ("tensorflow: {model: nowhere}", (0, None, "tensorflow.model", "model not found: ")),
     ("tensorflow: {model: saved, signature_key: 5}", (0, None, "tensorflow.signature_key", "expected a string")),
@@ -645,3 +645,10 @@ def test_a_deployment_named_like_a_reserved_path(project: Path, endpoints: tuple
     else:
         issues = issues_of(project, text)
         assert [(issue.line, issue.key_path) for issue in issues] == [(2, "deployment.name")]
+
+
+def test_validate_accepts_every_savedmodel_layout_the_replica_serves(project: Path) -> None:
+    """An empty highest version folder beside a complete lower one: the replica serves version 1
+    (cortexd/savedmodel.py), so validate does not refuse it."""
+    config = load(project, api_text("tensorflow: {model: stale}"))
+    assert config.apis[0].predictor.model == str(project / "stale")

@@ -22,7 +22,8 @@ import pytest
 from cortexd.replica import tf_predictor
 from cortexd.protocol import ReplicaSpec
 from cortexd.replica.predictors import PayloadError, PredictorLoadError
-from cortexd.replica.tf_predictor import choose_signature, find_saved_model, pick_version, threads_for
+from cortexd.replica.tf_predictor import choose_signature, find_saved_model, threads_for
+from cortexd.savedmodel import pick_version
 from tests import modelgen
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

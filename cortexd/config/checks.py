@@ -11,6 +11,7 @@ import zipfile
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from cortexd import savedmodel
 from cortexd.config.schema import RESERVED_PATHS
 from cortexd.model_shapes import local_batch_problem
 
@@ -18,7 +19,6 @@ CheckResult = tuple[str, "str | None"]
 
 MODEL_SOURCES = "a path (relative to the folder holding cortex.yaml, or absolute), file://, http://, https:// or s3://"
 _S3_RE = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<key>.+)$")
-_VERSION_RE = re.compile(r"^[0-9]+$")
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@-]+$")
 
 
@@ -93,21 +93,6 @@ def check_onnx_model(value: str, project_dir: str) -> CheckResult:
     return path, f"model not found: {_relative_note(value, path)}"
 
 
-def _is_saved_model_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "saved_model.pb")) or os.path.isfile(
-        os.path.join(path, "saved_model.pbtxt")
-    )
-
-
-def _highest_version(path: str) -> str | None:
-    versions = [
-        name for name in os.listdir(path) if _VERSION_RE.match(name) and os.path.isdir(os.path.join(path, name))
-    ]
-    if not versions:
-        return None
-    return max(versions, key=int)
-
-
 def check_tensorflow_model(value: str, project_dir: str) -> CheckResult:
     path, local, problem = model_source(value, project_dir)
     if problem or not local:
@@ -122,13 +107,10 @@ def check_tensorflow_model(value: str, project_dir: str) -> CheckResult:
         return path, f"{path} is a file but not a .zip; {expected}"
     if not os.path.isdir(path):
         return path, f"model not found: {_relative_note(value, path)}"
-    if _is_saved_model_dir(path):
-        return path, None
-    version = _highest_version(path)
-    if version is None:
-        return path, f"{path} holds no saved_model.pb; {expected}"
-    if not _is_saved_model_dir(os.path.join(path, version)):
-        return path, f"version {version} (the highest) in {path} holds no saved_model.pb; {expected}"
+    try:
+        savedmodel.locate(path)  # the replica's own rule (cortexd/savedmodel.py)
+    except savedmodel.NotASavedModel as exc:
+        return path, f"{exc}; {expected}"
     return path, None
 
 

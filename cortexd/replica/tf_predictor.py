@@ -17,7 +17,7 @@ import sys
 import zipfile
 from typing import Any
 
-from cortexd import model_shapes
+from cortexd import model_shapes, savedmodel
 from cortexd.models import ModelFetchError, unpack_local_zip
 from cortexd.replica.gpu_limits import tensorflow_limit
 from cortexd.replica import batching
@@ -34,9 +34,6 @@ from cortexd.replica.predictors import (
     construct_user_class,
     import_predictor_file,
 )
-
-SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
-
 
 def _log(message: str) -> None:
     sys.stderr.write(f"tensorflow: {message}\n")
@@ -56,12 +53,6 @@ def _import_tf() -> Any:
 
 
 # ---------------------------------------------------------------- pure decisions
-
-
-def pick_version(names: list[str]) -> str | None:
-    """The highest numbered entry (numerically: 10 beats 9), or None when none is a number."""
-    numbered = [n for n in names if n.isdigit()]
-    return max(numbered, key=int) if numbered else None
 
 
 def choose_signature(available: list[str], requested: str | None, where: str, prefer_predict: bool = False) -> str:
@@ -90,10 +81,6 @@ def threads_for(cpu: float) -> int:
 # ---------------------------------------------------------------- finding the SavedModel
 
 
-def _has_saved_model(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, f)) for f in SAVED_MODEL_FILES)
-
-
 def find_saved_model(path: str) -> str:
     """The SavedModel folder to load for a model path (see the module doc)."""
     if os.path.isfile(path):
@@ -107,27 +94,10 @@ def find_saved_model(path: str) -> str:
             raise PredictorLoadError(str(exc)) from None
     if not os.path.isdir(path):
         raise PredictorLoadError(f"{path}: model not found")
-    return _saved_model_dir(path, depth=0)
-
-
-def _saved_model_dir(path: str, depth: int) -> str:
-    if _has_saved_model(path):
-        return path
-    entries = sorted(os.listdir(path))
-    with_model = [n for n in entries if os.path.isdir(os.path.join(path, n)) and _has_saved_model(os.path.join(path, n))]
-    version = pick_version(with_model)
-    if version is not None:
-        return os.path.join(path, version)
-    subdirs = [n for n in entries if os.path.isdir(os.path.join(path, n)) and not n.startswith((".", "__MACOSX"))]
-    if depth == 0 and len(subdirs) == 1:
-        # a zip of the folder itself: model.zip -> model/saved_model.pb or model/1/saved_model.pb
-        try:
-            return _saved_model_dir(os.path.join(path, subdirs[0]), depth + 1)
-        except PredictorLoadError:
-            pass
-    raise PredictorLoadError(
-        f"{path}: no saved_model.pb here nor in a numbered version folder (found: {', '.join(entries[:10]) or 'nothing'})"
-    )
+    try:
+        return savedmodel.locate(path)
+    except savedmodel.NotASavedModel as exc:
+        raise PredictorLoadError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- the client
