@@ -34,6 +34,8 @@ def spec(tmp: Path, code: str, call: str, kind: str = "python", model: str | Non
 
 
 def post(predictor: Any, call: str, body: Any, query: str = "", headers: list[tuple[str, str]] | None = None) -> tuple[int, Any]:
+    if call in (CALL_CLASS_KWARGS, CALL_HANDLER):  # v0.17+ reads the body by its Content-Type, as a client sends it
+        headers = [("Content-Type", "application/json")] + list(headers or [])
     status, payload = build_handler(predictor, call=call)("POST", "/predict", query, json.dumps(body).encode(), headers)
     return status, json.loads(payload)
 
@@ -414,3 +416,33 @@ def test_threads_per_process_serves_requests_at_once(tmp_path: Path) -> None:
     executor.shutdown()
     assert len(answers) == 8 and all(a.startswith(b"HTTP/1.1 200 OK") for a in answers), answers
     assert sorted(h[0][1] for h in seen if h) == sorted(str(i) for i in range(4) for _ in range(2))
+
+
+def test_v017_payload_follows_the_content_type(tmp_path: Path) -> None:
+    code = """
+        class PythonPredictor:
+            def __init__(self, config):
+                pass
+            def predict(self, payload):
+                if hasattr(payload, "getlist"):  # FormData
+                    return {k: (v.filename, v.read().decode()) if hasattr(v, "read") else v for k, v in payload.items()}
+                return {"type": type(payload).__name__, "value": payload if not isinstance(payload, bytes) else payload.hex()}
+    """
+    predictor = load_predictor(spec(tmp_path, code, CALL_CLASS_KWARGS))
+    handle = build_handler(predictor, call=CALL_CLASS_KWARGS, str_as_text=True)
+
+    def ask(body: bytes, content_type: str | None) -> Any:
+        headers = [("Content-Type", content_type)] if content_type else []
+        status, payload = handle("POST", "/predict", "", body, headers)[:2]
+        assert status == 200, payload
+        return json.loads(payload)
+
+    assert ask(b'{"a": 1}', "application/json") == {"type": "dict", "value": {"a": 1}}
+    assert ask("héllo".encode("latin-1"), "text/plain; charset=latin-1") == {"type": "str", "value": "héllo"}
+    assert ask(b"\x00\x01", "application/octet-stream") == {"type": "bytes", "value": "0001"}
+    assert ask(b"\x02", None) == {"type": "bytes", "value": "02"}  # no Content-Type: the raw bytes, as Cortex
+    assert ask(b"a=1&b=two", "application/x-www-form-urlencoded") == {"a": "1", "b": "two"}
+    multipart = (b"--XX\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n"
+                 b"--XX\r\nContent-Disposition: form-data; name=\"img\"; filename=\"x.txt\"\r\n"
+                 b"Content-Type: text/plain\r\n\r\nfile body\r\n--XX--\r\n")
+    assert ask(multipart, "multipart/form-data; boundary=XX") == {"note": "hi", "img": ["x.txt", "file body"]}

@@ -69,7 +69,9 @@ class Handlers:
     async def predict(self, request: dict[str, Any]) -> dict[str, Any]:
         name = self._known(str(request.get("api", "")), self.s.supervisor.snapshot())
         body = str(request.get("body", "")).encode()
-        answer = await self.s.proxy.predict(name, body, "debug=true" if request.get("debug") else "")
+        # A predictor that reads the body by its Content-Type (Cortex v0.17+) gets the file as JSON.
+        headers = b"content-type: application/json\r\n" if self.s.proxy.forwards_headers(name) else b""
+        answer = await self.s.proxy.predict(name, body, "debug=true" if request.get("debug") else "", headers)
         content_type = getattr(answer.body, "content_type", "application/json")
         if content_type.startswith(("application/json", "text/")):
             return {"status": answer.status, "content_type": content_type,

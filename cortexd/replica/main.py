@@ -28,7 +28,9 @@ from cortexd.replica import batching
 from cortexd.replica.bodies import BodyError, PredictionError, encode_prediction, parse_body, render_prediction
 from cortexd.protocol import LoadFailed, Ready, ReplicaSpec, StatusMessage, encode_status, read_spec_fd
 from cortexd.replica.calls import error_status
+from cortexd.callconv import CALL_CLASS_KWARGS, CALL_HANDLER
 from cortexd.replica.packages import missing_package_hint
+from cortexd.replica.payloads import header, payload_of
 from cortexd.replica.predictors import PayloadError, Predictor, PredictorLoadError, load_predictor
 from cortexd.replica.server import Handler, ReplicaProtocol
 from cortexd.v2 import hop as v2_hop
@@ -70,6 +72,8 @@ def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = No
     how predictions go out (ReplicaSpec; bodies.render_prediction)."""
     predict = predictor.predict
     predict_request = getattr(predictor, "predict_request", None) if getattr(predictor, "wants", None) else None
+    # Cortex v0.17+ handed predict the body by its Content-Type (cortexd/replica/payloads.py).
+    by_content_type = call in (CALL_CLASS_KWARGS, CALL_HANDLER)
     predict_path, info_path = protocol.PREDICT_PATH, protocol.INFO_PATH
     loads = parse_body
     v2, v2_path = V2Predictor(predictor), v2_hop.REPLICA_PATH  # Open Inference Protocol (cortexd/v2)
@@ -85,7 +89,7 @@ def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = No
             # The daemon passes "debug=true" only when its policy allows it (serving/access.py).
             debug = bool(query) and debug_requested(query)
             try:
-                payload = loads(body)
+                payload = payload_of(body, header(headers, "content-type")) if by_content_type else loads(body)
             except BodyError as exc:
                 return error(400, str(exc))
             if debug:
@@ -133,7 +137,7 @@ async def serve(predictor: Predictor, ctx: ReplicaSpec, socket_path: str, status
     handler = build_handler(predictor, batching.for_replica(predictor, ctx), ctx.nan_as_null, ctx.str_as_text, ctx.call)
     # threads_per_process > 1: requests run in a pool of that size, one per daemon connection
     executor = ThreadPoolExecutor(ctx.threads, thread_name_prefix="request") if ctx.threads > 1 else None
-    want_headers = "headers" in getattr(predictor, "wants", ())
+    want_headers = "headers" in getattr(predictor, "wants", ()) or ctx.call in (CALL_CLASS_KWARGS, CALL_HANDLER)
     connections: set[ReplicaProtocol] = set()
     if os.path.exists(socket_path):
         os.unlink(socket_path)
