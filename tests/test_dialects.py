@@ -305,9 +305,9 @@ ERRORS: list[tuple[str, list[tuple[int, int | None, str | None, str, str]]]] = [
     ("- name: a\n  kind: RealtimeAPI\n  predictor: {type: python, path: p.py, threads_per_process: 2}\n"
      "  autoscaling: {threads_per_worker: 2}\n",
      [(4, None, "a", "autoscaling.threads_per_worker", "predictor.threads_per_process is given too")]),
-    ("- name: a\n  kind: RealtimeAPI\n  predictor: {type: python, path: p.py, threads_per_process: 2,"
-     " server_side_batching: {max_batch_size: 4, batch_interval: 1s}}\n",
-     [(3, None, "a", "predictor.server_side_batching.max_batch_size", "must equal predictor.threads_per_process (2)")]),
+    ("- name: a\n  kind: RealtimeAPI\n  predictor: {type: python, path: p.py,"
+     " server_side_batching: {max_batch_size: 4, batch_interval: 1}}\n",
+     [(3, None, "a", "predictor.server_side_batching.batch_interval", 'a unit is needed: "1s"')]),
     ("- name: a\n  kind: RealtimeAPI\n  predictor: {type: onnx, path: p.py, model_path: model.onnx, model: model.onnx}\n",
      [(3, None, "a", "predictor.model_path", "model is given too (line 3); keep one")]),
     ("- name: a\n  kind: RealtimeAPI\n  predictor: {type: tensorflow, path: p.py}\n",
@@ -427,3 +427,21 @@ def test_at_most_1000_apis(project: Path, count: int, ok: bool) -> None:
         (issue,) = report.errors
         assert (issue.line, issue.key_path) == (2001, "[1000]")
         assert "at most 1,000 APIs per cortex.yaml; this file declares 1,001" in issue.message
+
+
+def test_convert_keeps_batching_gpu_memory_and_the_v2_declaration(tmp_path: Path) -> None:
+    from cortexd.config.convert import convert_text
+
+    (tmp_path / "p.py").write_text("def predict(sample, metadata):\n    return sample\n")
+    seed = (
+        "- kind: deployment\n  name: d\n- kind: api\n  name: a\n  python:\n    predictor: p.py\n"
+        "    server_side_batching: {max_batch_size: 8, batch_interval: 5ms}\n"
+        "    v2: {inputs: [{name: x, datatype: FP32, shape: [-1, 4]}]}\n"
+        "  compute: {gpu: 0.5, gpu_mem: 1Gi, mem: 100Mi, mem_limit: 200Mi}\n"
+    )
+    path = str(tmp_path / "cortex.yaml")
+    converted = convert_text(seed, path)
+    assert converted.text is not None, converted.problems
+    before, after = load_config_text(seed, path).apis[0], load_config_text(converted.text, path).apis[0]
+    assert (after.batching, after.compute, after.v2) == (before.batching, before.compute, before.v2)
+    assert after.dialect == "realtime"

@@ -76,6 +76,7 @@ def _compute(raw: dict[str, Any], dialect: str, item: Block, cpu_note: str) -> N
                     "add mem_limit for a hard limit")
     compute.add("mem", raw.get("mem"), mem_note)
     compute.add("mem_limit", raw.get("mem_limit"))
+    compute.add("gpu_mem", raw.get("gpu_mem"))
     if compute.entries:
         item.add("compute", compute)
     auto = Block([])
@@ -134,6 +135,8 @@ def convert_api(raw: dict[str, Any], dialect: str, deployment: str) -> Block:
     python_path = section.get("python_path") if section.get("python_path") is not None else raw.get("python_path")
     predictor.add("python_path", python_path)
     predictor.add("env", section.get("env") or None)
+    predictor.add("server_side_batching", section.get("server_side_batching"))
+    predictor.add("v2", section.get("v2"))
     item.add("predictor", predictor)
     if raw.get("endpoint") is not None:
         networking = Block([])
@@ -170,7 +173,7 @@ class Converted:
 def _comparable(api: Api) -> tuple[Any, ...]:
     """What must not change for the converted API to serve the same answers."""
     return (api.name, api.endpoint, api.python_path, api.predictor, api.call, api.tracker, api.compute,
-            api.batching, api.threads_per_process, api.env, api.autoscaling)
+            api.batching, api.threads_per_process, api.env, api.autoscaling, api.v2)
 
 
 def _same(before: Config, after: Config) -> list[str]:

@@ -232,7 +232,8 @@ def batching_of(kind_section: Section, kind: str, scope: Scope) -> tuple[Batchin
     return Batching(batching.get("max_batch_size"), batching.get("batch_interval")), True
 
 
-def _v2_declaration(kind_section: Section, kind: str, scope: Scope) -> tuple[dict[str, Any] | None, bool]:
+def v2_declaration(kind_section: Section, kind: str, scope: Scope, path: str | None = None
+                   ) -> tuple[dict[str, Any] | None, bool]:
     """(the python.v2 declaration checked, whether it is valid); (None, True) when absent."""
     value = kind_section.get("v2") if kind == "python" else None
     if value is None:
@@ -240,7 +241,7 @@ def _v2_declaration(kind_section: Section, kind: str, scope: Scope) -> tuple[dic
     from cortexd.v2.metadata import DeclarationError, parse_declaration
 
     try:
-        return parse_declaration(value, f"{kind}.v2"), True
+        return parse_declaration(value, path or f"{kind}.v2"), True
     except DeclarationError as exc:
         scope.add(kind_section.key_mark("v2"), exc.path, exc.problem)
         return None, False
@@ -261,7 +262,7 @@ def build_api(section: Section, deployment: str | None, scope: Scope) -> ApiDraf
         python_path = _python_path(section, kind_section, kind, scope)
         config = _predictor_config(section, kind_section, kind, scope)
         batching, batching_ok = batching_of(kind_section, kind, scope)
-        v2, v2_ok = _v2_declaration(kind_section, kind, scope)
+        v2, v2_ok = v2_declaration(kind_section, kind, scope)
         if (name and endpoint and python_path and config is not None and compute is not None and batching_ok
                 and v2_ok):
             api = Api(

@@ -29,7 +29,9 @@ from cortexd.config.rules import (
     one_of,
     replica_counts,
     tracker_of,
+    v2_declaration,
 )
+from cortexd.config.checks import batching_problem
 from cortexd.config.rules_old import env_of, signature_ok, typed_model, update_strategy_of
 from cortexd.config.schema import COMPUTE_KEYS as COMPUTE_KEYS_SEED
 from cortexd.config.schema import default_of, keys_by_name
@@ -206,26 +208,21 @@ def _compute(section: Section, counts: tuple[int, int, int], scope: Scope, cpu_t
     )
 
 
-def _batching(ps: Section, kind: str, path: str, threads: int, processes: int, scope: Scope) -> tuple[bool, Batching | None]:
+def _batching(ps: Section, kind: str, model: str | None, signature: str | None, scope: Scope,
+              path: str) -> tuple[bool, Batching | None]:
     batch: Section | None = ps.get("server_side_batching")
     if "server_side_batching" in ps.invalid:
         return False, None
     if batch is None:
         return True, None
+    # Cortex gathered a batch from its threads, so it tied max_batch_size to threads_per_process
+    # and had no batching for ONNX; cortexd's daemon forms the batches itself, for every kind.
     size, interval = batch.get("max_batch_size"), batch.get("batch_interval")
-    where = path + "server_side_batching"
-    if kind == "onnx":
-        scope.add(ps.key_mark("server_side_batching"), where, "not available for onnx predictors (python and tensorflow only)")
-        return False, None
-    if kind == "python" and size != threads:
-        scope.add(batch.key_mark("max_batch_size"), where + ".max_batch_size",
-                  f"must equal {path}threads_per_process ({threads}) for a python predictor, which gets the batch "
-                  "from that many threads")
-        return False, None
-    if kind == "tensorflow" and size > threads * processes:
-        scope.add(batch.key_mark("max_batch_size"), where + ".max_batch_size",
-                  f"must be <= processes_per_replica * threads_per_process ({processes * threads}): "
-                  "only that many requests reach the replica at once")
+    if size is None or interval is None:
+        return False, None  # reported while reading the section
+    problem = batching_problem(kind, model, signature)
+    if problem is not None:
+        scope.add(ps.key_mark("server_side_batching"), path + "server_side_batching", problem)
         return False, None
     return True, Batching(max_batch_size=size, batch_interval_s=interval)
 
@@ -274,10 +271,12 @@ def build_realtime(section: Section, deployment: str | None, scope: Scope) -> Ap
         parallel = _parallelism(ps, auto, path, scope)
         cpu_ok, cpu_target = _cpu_rule(auto, scope)
         autoscaling = _autoscaling(auto, parallel[0] * parallel[1], scope) if parallel and cpu_ok else None
-        batch_ok, batching = _batching(ps, kind, path, parallel[1], parallel[0], scope) if parallel else (False, None)
+        batch_ok, batching = _batching(ps, kind, model, signature, scope, path) if model_ok else (False, None)
+        v2, v2_ok = v2_declaration(ps, kind, scope, path + "v2")
         compute = _compute(section, counts, scope, cpu_target) if counts is not None and cpu_ok else None
         python_path = ps.get("python_path") or scope.project_dir
-        ready = model_ok and sig_ok and env is not None and parallel and autoscaling and batch_ok and tracker_ok
+        ready = (model_ok and sig_ok and env is not None and parallel and autoscaling and batch_ok and tracker_ok
+                 and v2_ok)
         if ready and file_ok and name and endpoint and endpoint_ok and compute and strategy and "interface" not in ps.invalid:
             assert env is not None and parallel is not None
             api = Api(
@@ -299,6 +298,7 @@ def build_realtime(section: Section, deployment: str | None, scope: Scope) -> Ap
                 update_strategy=strategy,
                 env=env,
                 processes_per_replica=parallel[0],
+                v2=v2,
             )
     return ApiDraft(name, section.key_mark("name"), endpoint, endpoint_mark, api)
 

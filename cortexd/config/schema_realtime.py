@@ -90,6 +90,8 @@ PREDICTOR_KEYS: tuple[Key, ...] = (
         versions="v0.25+"),
     Key("server_side_batching", "section", "gather concurrent requests into batches", keys=BATCHING_KEYS,
         versions="v0.19+"),
+    Key("v2", "map", "python: the tensors V2 clients see in the model metadata (docs/v2.md): inputs and outputs, "
+        "lists of {name, datatype, shape}", new=True),
     Key("processes_per_replica", "int", "serving processes per replica", default=1, minimum=1, maximum=100,
         versions="v0.18+"),
     Key("threads_per_process", "int", "requests each process serves at once (a thread pool)", default=1, minimum=1,
