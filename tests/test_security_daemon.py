@@ -41,6 +41,12 @@ YAML = """\
   name: answers
   python:
     predictor: answers.py
+
+- kind: api
+  name: lenient
+  python:
+    predictor: answers.py
+  nan_as_null: true
 """
 
 PREDICTOR = """\
@@ -112,6 +118,8 @@ def test_nan_and_infinity_are_a_500_that_says_where(answers_daemon: Daemon) -> N
     assert resp.status == 500 and "Infinity at prediction[0]" in resp.json()["error"]
     log = answers_daemon.cli("logs", "answers").stdout
     assert "prediction is not valid JSON: NaN" in log
+    lenient = client.post("/sec/lenient", {"kind": "nan"})  # the API's documented option
+    assert lenient.status == 200 and lenient.json() == {"scores": [0.5, None]}
 
 
 def test_bytes_go_out_raw_as_octet_stream(answers_daemon: Daemon) -> None:

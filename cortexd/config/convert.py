@@ -137,6 +137,7 @@ def convert_api(raw: dict[str, Any], dialect: str, deployment: str) -> Block:
     predictor.add("env", section.get("env") or None)
     predictor.add("server_side_batching", section.get("server_side_batching"))
     predictor.add("v2", section.get("v2"))
+    predictor.add("nan_as_null", raw.get("nan_as_null"), "was nan_as_null" if raw.get("nan_as_null") else None)
     item.add("predictor", predictor)
     if raw.get("endpoint") is not None:
         networking = Block([])
@@ -173,7 +174,7 @@ class Converted:
 def _comparable(api: Api) -> tuple[Any, ...]:
     """What must not change for the converted API to serve the same answers."""
     return (api.name, api.endpoint, api.python_path, api.predictor, api.call, api.tracker, api.compute,
-            api.batching, api.threads_per_process, api.env, api.autoscaling, api.v2)
+            api.batching, api.threads_per_process, api.env, api.autoscaling, api.v2, api.nan_as_null)
 
 
 def _same(before: Config, after: Config) -> list[str]:

@@ -124,6 +124,7 @@ class Api:
     update_strategy: UpdateStrategy | None = None  # None: cortexd's own rolling replacement
     env: dict[str, str] = field(default_factory=dict)  # environment variables of the replica
     processes_per_replica: int = 1
+    nan_as_null: bool = False  # NaN/Infinity in a prediction go out as null instead of a 500
     v2: dict[str, Any] | None = None  # python.v2, checked: the V2 model metadata's inputs and outputs
 
 

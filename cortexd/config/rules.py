@@ -281,5 +281,6 @@ def build_api(section: Section, deployment: str | None, scope: Scope) -> ApiDraf
                 metadata=section.get("metadata") or {},
                 batching=batching,
                 v2=v2,
+                nan_as_null=bool(section.get("nan_as_null")),
             )
     return ApiDraft(name, section.key_mark("name"), endpoint, endpoint_mark, api)

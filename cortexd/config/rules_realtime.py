@@ -299,6 +299,7 @@ def build_realtime(section: Section, deployment: str | None, scope: Scope) -> Ap
                 env=env,
                 processes_per_replica=parallel[0],
                 v2=v2,
+                nan_as_null=bool(ps.get("nan_as_null")),
             )
     return ApiDraft(name, section.key_mark("name"), endpoint, endpoint_mark, api)
 

@@ -164,6 +164,8 @@ API_KEYS: tuple[Key, ...] = (
     Key("tracker", "section", "track the predictions", keys=TRACKER_KEYS),
     Key("compute", "section", "replicas and their resources", keys=COMPUTE_KEYS),
     Key("metadata", "map", "handed to the python predictor; for tensorflow/onnx, used as config when config is absent"),
+    Key("nan_as_null", "bool", "send NaN and Infinity in a prediction as null (default: such a prediction is a 500, "
+        "since it is not JSON)", default=False, new=True),
 )
 
 RESOURCE_KINDS: dict[str, tuple[Key, ...]] = {"deployment": DEPLOYMENT_KEYS, "api": API_KEYS}

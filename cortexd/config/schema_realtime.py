@@ -99,6 +99,8 @@ PREDICTOR_KEYS: tuple[Key, ...] = (
     Key("config", "map", "dictionary handed to the predictor's constructor"),
     Key("python_path", "str", _PYTHON_PATH_HELP, check="folder"),
     Key("env", "strmap", "environment variables of the replica"),
+    Key("nan_as_null", "bool", "send NaN and Infinity in a prediction as null (default: such a prediction is a 500, "
+        "since it is not JSON)", default=False, new=True),
     Key("image", "str", "Docker image of the predictor", versions="v0.16+",
         note="cortexd runs predictors in its own Python environment, not an image"),
     Key("tensorflow_serving_image", "str", "Docker image of TensorFlow Serving", versions="v0.16+",

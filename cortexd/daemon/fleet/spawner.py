@@ -165,6 +165,7 @@ def replica_spec(request: SpawnRequest) -> protocol.ReplicaSpec:
         env=dict(api.env),
         # Cortex v0.17+ sent a str prediction as text/plain; earlier releases as a JSON string.
         str_as_text=api.call in (callconv.CALL_CLASS_KWARGS, callconv.CALL_HANDLER),
+        nan_as_null=api.nan_as_null,
     )
 
 
