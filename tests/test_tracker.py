@@ -362,19 +362,26 @@ def test_flush_concurrent_with_observe_loses_nothing(tmp_path: Path) -> None:
     assert total == hour == {"count": n, "min": 0.0, "max": float(n - 1), "mean": (n - 1) / 2}
 
 
+def failing_writes(tracker: PredictionTracker, times: int, error: str) -> None:
+    """The tracker's database refuses its next `times` writes (a full or locked disk)."""
+    store = tracker._store
+    real = store.write
+    left = [times]
+
+    def write(*args: Any, **kwargs: Any) -> None:
+        if left[0]:
+            left[0] -= 1
+            raise sqlite3.OperationalError(error)
+        real(*args, **kwargs)
+
+    store.write = write  # type: ignore[method-assign]
+
+
 def test_a_failed_write_keeps_the_deltas_for_the_next_flush(tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
-    class FailingOnce(PredictionTracker):
-        failures = 1
-
-        def _write(self, *args: Any) -> None:
-            if self.failures:
-                self.failures -= 1
-                raise sqlite3.OperationalError("disk I/O error")
-            super()._write(*args)
-
     path = str(tmp_path / "tracker.db")
-    tracker = FailingOnce(path, clock=FakeClock())
+    tracker = PredictionTracker(path, clock=FakeClock())
+    failing_writes(tracker, 1, "disk I/O error")
     tracker.register("api", CLS)
     tracker.observe("api", "a")
     with caplog.at_level(logging.ERROR, logger="cortexd.tracker"):
@@ -399,18 +406,10 @@ def test_register_rejects_an_unknown_model_type(tmp_path: Path) -> None:
 
 
 def test_a_long_database_outage_loses_nothing_and_stays_bounded(tmp_path: Path) -> None:
-    class FailingThrice(PredictionTracker):
-        failures = 3
-
-        def _write(self, *args: Any) -> None:
-            if self.failures:
-                self.failures -= 1
-                raise sqlite3.OperationalError("database is locked")
-            super()._write(*args)
-
     clock = FakeClock(3600.0 * 1000)
     path = str(tmp_path / "tracker.db")
-    tracker = FailingThrice(path, clock=clock)
+    tracker = PredictionTracker(path, clock=clock)
+    failing_writes(tracker, 3, "database is locked")
     tracker.register("api", CLS)
     for label, step in [("a", 30), ("b", 60), ("c", 0)]:
         tracker.observe("api", label)
