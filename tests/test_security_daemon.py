@@ -198,7 +198,7 @@ def test_logs_database_and_snapshots_are_private_under_umask_000(tmp_path: Any) 
         assert client.post("/sec/answers?debug=true", {"secret": "hunter2"}).status == 200
         wait_for(lambda: "hunter2" in open(os.path.join(daemon.log_dir, "answers.log")).read(), 10, what="the debug line")
         state, logs = modes(daemon.state_dir), modes(daemon.log_dir)
-        assert logs == {"answers.log": 0o640}
+        assert logs == {"answers.log": 0o640, "lenient.log": 0o640}
         for name in ("tracker.db", "tracker.db-wal", "tracker.db-shm"):
             assert state.get(name, 0o640) == 0o640, name
         assert "tracker.db" in state
@@ -231,7 +231,7 @@ def test_folders_cortexd_creates_under_umask_000_are_private(tmp_path: Any) -> N
     try:
         for folder in (daemon.runtime_dir, daemon.state_dir, daemon.log_dir):
             assert stat.S_IMODE(os.stat(folder).st_mode) == 0o750, folder
-        assert modes(daemon.log_dir) == {"answers.log": 0o640}
+        assert modes(daemon.log_dir) == {"answers.log": 0o640, "lenient.log": 0o640}
     finally:
         daemon.stop()
 
