@@ -109,7 +109,7 @@ def test_the_environment_file_is_only_comments_and_assignments() -> None:
 
 def without_code(text: str) -> str:
     """Markdown with fenced blocks and inline code blanked (links there are not links)."""
-    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    text = re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)
     return re.sub(r"`[^`\n]*`", "", text)
 
 
@@ -131,8 +131,8 @@ def slug(heading: str) -> str:
 def anchors(path: Path) -> set[str]:
     seen: dict[str, int] = {}
     out: set[str] = set()
-    text = re.sub(r"^```.*?^```", "", read(path), flags=re.S | re.M)
-    for match in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, flags=re.M):
+    text = re.sub(r"^```.*?^```", "", read(path), flags=re.DOTALL | re.MULTILINE)
+    for match in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, flags=re.MULTILINE):
         base = slug(match.group(1))
         n = seen.get(base, 0)
         seen[base] = n + 1
