@@ -169,6 +169,23 @@ def test_the_link_checker_sees_links() -> None:
     assert "docs/README.md" in list(links(read(README)))
 
 
+# Paths into the repository that the docs name in text or code (`cortexd/daemon/pump.py`,
+# `examples/reference-iris/`), not only as links; absolute paths (/etc/cortexd/...) are not.
+REPO_PATH = re.compile(r"(?<![\w/.~$-])((?:cortexd|docs|examples|scripts|bench|units|packaging|tests)/[\w./-]*)")
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(REPO)))
+def test_repository_paths_the_docs_name_exist(page: Path) -> None:
+    named = {m.group(1).rstrip("/.") for m in REPO_PATH.finditer(read(page))}
+    missing = sorted(path for path in named if not (REPO / path).exists())
+    assert not missing, f"{page.relative_to(REPO)} names files that are not in the repository: {missing}"
+
+
+def test_the_path_finder_sees_paths() -> None:
+    found = [m.group(1) for m in REPO_PATH.finditer("`cortexd/cli.py`, /etc/cortexd/x, .cortexd/state, docs/v2.md.")]
+    assert found == ["cortexd/cli.py", "docs/v2.md."]
+
+
 # -- nothing outside the repository --------------------------------------------------------
 
 
