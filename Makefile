@@ -20,6 +20,8 @@ $(VENV)/.installed: setup.py
 examples: venv
 	$(PY) examples/build_models.py
 
+# The examples' APIs on $(PORT), V2 REST included; gRPC is off here: run the same command with
+# --grpc-port 8001 for it (docs/v2.md).
 run: venv examples
 	$(VENV)/bin/cortexd serve --config examples/cortex.yaml --port $(PORT) \
 		--state-dir .cortexd/state --log-dir .cortexd/log
