@@ -265,7 +265,7 @@ def test_target_replica_concurrency_scales_up_under_load_and_down_after_the_wind
     project.mkdir()
     (project / "cortex.yaml").write_text(
         "- name: slow\n  kind: RealtimeAPI\n  predictor: {type: python, path: slow.py}\n"
-        "  autoscaling: {min_replicas: 1, max_replicas: 4, target_replica_concurrency: 1, window: 4s,\n"
+        "  autoscaling: {min_replicas: 1, max_replicas: 4, target_replica_concurrency: 1, window: 10s,\n"
         "                upscale_stabilization_period: 0s, downscale_stabilization_period: 8s}\n")
     (project / "slow.py").write_text(
         "import time\nclass PythonPredictor:\n    def __init__(self, config): pass\n"
