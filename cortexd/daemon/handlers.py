@@ -8,8 +8,9 @@ import asyncio
 import base64
 import os
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from cortexd.daemon.control import ControlError
 from cortexd.daemon.deploy.reloader import ReloadReport

@@ -25,16 +25,16 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from cortexd import batchframe
 from cortexd.batchframe import FrameError, Item
 from cortexd.protocol import ReplicaSpec
 from cortexd.replica.bodies import BodyError, encode_prediction, parse_body
-from cortexd.replica.predictors import PayloadError, Predictor, PredictorLoadError
 from cortexd.replica.gather import Gatherer, GatheringClient
 from cortexd.replica.jsonable import to_jsonable
+from cortexd.replica.predictors import PayloadError, Predictor, PredictorLoadError
 from cortexd.replica.stacking import StackedModel, run_stacked
 
 DEBUG_TRUNCATE = 2000
@@ -111,7 +111,7 @@ def stacked_runner(model: StackedModel, format_outputs: Callable[[dict[str, Any]
                 where.append(i)
             except BaseException as exc:  # PayloadError: this request's 400
                 outcomes[i] = exc
-        for i, outcome in zip(where, run_stacked(model, feeds)):
+        for i, outcome in zip(where, run_stacked(model, feeds), strict=True):
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, PayloadError):
                     _log(f"prediction failed: {type(outcome).__name__}: {outcome}")
@@ -169,7 +169,7 @@ class BatchHandler:
             if "debug=true" in item.query:
                 _log(f"debug: sample: {_truncate(item.body.decode('utf-8', 'replace'))}")
         if payloads:
-            for i, outcome in zip(where, self._runner(payloads)):
+            for i, outcome in zip(where, self._runner(payloads), strict=True):
                 answers[i] = _answer(outcome)
                 if "debug=true" in items[i].query:
                     status, body = answers[i]  # type: ignore[misc]

@@ -92,7 +92,8 @@ def _param(params: str, name: str) -> str | None:
 
 
 def _multipart(body: bytes, content_type: str) -> FormData:
-    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
     if not message.is_multipart():
         raise BodyError("the multipart/form-data body has no parts (is its boundary right?)")
     items: list[tuple[str, Any]] = []

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from concurrent.futures import Executor
 from http import HTTPStatus
-from typing import Callable
 
 from cortexd.protocol import header_value
 
@@ -111,7 +111,7 @@ class ReplicaProtocol(asyncio.Protocol):
     """One connection from the daemon."""
 
     def __init__(
-        self, handler: Handler, connections: set["ReplicaProtocol"],
+        self, handler: Handler, connections: set[ReplicaProtocol],
         executor: Executor | None = None, want_headers: bool = False,
     ) -> None:
         self._handler = handler
@@ -217,7 +217,7 @@ class ReplicaProtocol(asyncio.Protocol):
         future = asyncio.get_running_loop().run_in_executor(self._executor, call)
         future.add_done_callback(lambda done: self._answer(done, close))
 
-    def _answer(self, done: "asyncio.Future[tuple[int, bytes, bytes | None]]", close: bool) -> None:
+    def _answer(self, done: asyncio.Future[tuple[int, bytes, bytes | None]], close: bool) -> None:
         self._busy = False
         transport = self._transport
         if transport is None:   # the connection went away while the request ran
@@ -240,7 +240,7 @@ class ReplicaProtocol(asyncio.Protocol):
             self._transport.close()
 
     def _reject(self, reason: str) -> None:
-        body = ('{"error": "bad request: %s"}' % reason).encode()
+        body = f'{{"error": "bad request: {reason}"}}'.encode()
         if self._transport is not None:
             self._transport.write(response_head(400, len(body), close=True) + body)
             self._transport.close()

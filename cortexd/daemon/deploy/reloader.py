@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from cortexd import callconv
 from cortexd.config import Api, Config

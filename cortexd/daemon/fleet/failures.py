@@ -9,8 +9,8 @@ about what runs; this module holds the failure policy.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from cortexd import protocol
 from cortexd.daemon.fleet.events import ReplicaOverMemory
@@ -70,7 +70,9 @@ class Failures(Lifecycle):
             elif gen is entry.next:
                 self._maybe_switch(entry)
 
-    def _on_over_memory(self, entry: ApiEntry, gen: Generation, rep: Replica, event: ReplicaOverMemory, now: float) -> None:
+    def _on_over_memory(
+        self, entry: ApiEntry, gen: Generation, rep: Replica, event: ReplicaOverMemory, now: float
+    ) -> None:
         if rep.over_memory:
             return
         rep.over_memory = True

@@ -19,13 +19,13 @@ import signal
 import subprocess
 import sys
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
+from cortexd import callconv, paths, protocol, safefs
 from cortexd.daemon.fleet.cgroups import ReplicaCgroups
-from cortexd.daemon.systemd import child_env
 from cortexd.daemon.fleet.events import Event, ReplicaExited, ReplicaLoadFailed, ReplicaOverMemory, ReplicaReady
 from cortexd.daemon.fleet.lifecycle import SpawnRequest
-from cortexd import callconv, paths, protocol, safefs
+from cortexd.daemon.systemd import child_env
 
 log = logging.getLogger("cortexd.spawner")
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry
@@ -270,7 +270,7 @@ class _BatchCollector(Collector):
 def _cumulative(les: list[str], counts: list[int]) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
     running = 0
-    for le, n in zip(les, counts):
+    for le, n in zip(les, counts, strict=True):
         running += n
         out.append((le, running))
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -22,7 +22,7 @@ TOTALS_ONLY = -(2**62)      # unwritten deltas older than the hour: they only ad
 # Classification figures: label -> count.  Regression figures: [count, sum, min, max].
 ClassFigures = dict[str, int]
 RegFigures = list[float]
-Figures = Union[ClassFigures, RegFigures]
+Figures = ClassFigures | RegFigures
 
 
 class Skip(Exception):

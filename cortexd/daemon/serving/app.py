@@ -194,8 +194,9 @@ def build_app(proxy: Proxy, views: Views, access: Access, limits: ConnectionLimi
 
     async def open_inference(request: Any, cors: dict[str, str]) -> HTTPResponse:
         if request.method == "POST" and not proxy.accepting:
-            return json_response(503, {"error": "cortexd is shutting down"}, {"Retry-After": "5", "Connection": "close"},
-                                 cors)
+            return json_response(
+                503, {"error": "cortexd is shutting down"}, {"Retry-After": "5", "Connection": "close"}, cors
+            )
         handler_started(request)
         debug = access.debug(request.query_string, request.ip)
         status, headers, body = await v2_rest.handle(request.method, request.path, request.headers, request.body, v2,

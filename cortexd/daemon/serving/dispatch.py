@@ -35,7 +35,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from cortexd import batchframe
 from cortexd.daemon.fleet.events import Event, ReplicaLost, ReplicaOverdue
@@ -166,7 +166,7 @@ class ApiQueue:
         slot.jobs = []
         self.in_flight -= len(jobs)
         answers = _batch_answers(status, payload, len(jobs)) if slot.framed else ((status, payload),)
-        for job, answer in zip(jobs, answers):
+        for job, answer in zip(jobs, answers, strict=True):
             _stop_timer(job)
             if not job.future.done():  # else it timed out or its client left: the answer goes nowhere
                 job.future.set_result(answer)

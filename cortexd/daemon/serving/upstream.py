@@ -11,7 +11,7 @@ bench/, those cost more per request than the replica's own work for small models
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 from cortexd import protocol
 from cortexd.daemon.serving.answers import payload_of
@@ -138,7 +138,7 @@ class UpstreamConnection:
         self._busy = False
         self.on_response(status, payload)
 
-    def _lost(self, wire: "_Wire", error: UpstreamError) -> None:
+    def _lost(self, wire: _Wire, error: UpstreamError) -> None:
         if self._wire is wire:
             self._wire = None
             self._fail(error)

@@ -7,7 +7,8 @@ retries, metrics, tracker, `cortexd get`), as `POST /v2/infer` to its replica.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
