@@ -18,6 +18,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,7 +139,7 @@ class Daemon:
     def _replica_output(self, api: str, replica_id: str, line: str) -> None:
         self.logs.write(api, replica_id, line)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

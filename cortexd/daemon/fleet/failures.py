@@ -39,7 +39,8 @@ def backoff_delay(failures: int, settings: SupervisorSettings) -> float:
     """Delay before restarting a slot after `failures` consecutive unexpected exits."""
     if failures <= 1:
         return BACKOFF_FIRST_S
-    return min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (failures - 2))
+    doublings: int = 2 ** (failures - 2)  # a non-negative exponent: an int (typeshed says Any)
+    return min(settings.backoff_max_s, settings.backoff_base_s * doublings)
 
 
 class Failures(Lifecycle):

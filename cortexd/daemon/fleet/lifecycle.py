@@ -76,7 +76,7 @@ class Lifecycle:
     router: Router
     settings: SupervisorSettings
 
-    def clock(self) -> float: ...  # provided by the supervisor's injected clock
+    clock: Callable[[], float]  # the supervisor's injected clock
 
     def _drain_all(self, entry: ApiEntry, gen: Generation, now: float) -> None:
         for rep in list(gen.replicas.values()):

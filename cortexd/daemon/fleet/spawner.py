@@ -55,13 +55,18 @@ class ProcessHandle:
         self._signal(signal.SIGKILL)
 
 
+def _gpu_list(gpus: list[int]) -> str:
+    """CUDA_VISIBLE_DEVICES for the GPUs a replica got: "0,2"."""
+    return ",".join(str(g) for g in gpus)
+
+
 class ProcessSpawner:
     def __init__(
         self,
         runtime_dir: str,
         post: Callable[[Event], None],
         output: Callable[[str, str, str], None],
-        gpu_env: Callable[[list[int]], str] = lambda gpus: ",".join(str(g) for g in gpus),
+        gpu_env: Callable[[list[int]], str] = _gpu_list,
         extra_env: dict[str, str] | None = None,
         cgroups: ReplicaCgroups | None = None,
     ) -> None:

@@ -224,10 +224,12 @@ class _RequestCollector(Collector):
         yield queue
 
 
-_REQUEST_LE = [floatToGoString(b) for b in REQUEST_BUCKETS] + ["+Inf"]
-_QUEUE_LE = [floatToGoString(b) for b in QUEUE_BUCKETS] + ["+Inf"]
-_BATCH_SIZE_LE = [floatToGoString(b) for b in BATCH_SIZE_BUCKETS] + ["+Inf"]
-_BATCH_WAIT_LE = [floatToGoString(b) for b in BATCH_WAIT_BUCKETS] + ["+Inf"]
+# prometheus_client's own bucket bound text (its function has no annotations)
+_go_float: Callable[[float], str] = floatToGoString
+_REQUEST_LE = [_go_float(b) for b in REQUEST_BUCKETS] + ["+Inf"]
+_QUEUE_LE = [_go_float(b) for b in QUEUE_BUCKETS] + ["+Inf"]
+_BATCH_SIZE_LE = [_go_float(b) for b in BATCH_SIZE_BUCKETS] + ["+Inf"]
+_BATCH_WAIT_LE = [_go_float(b) for b in BATCH_WAIT_BUCKETS] + ["+Inf"]
 
 
 class _BatchCollector(Collector):

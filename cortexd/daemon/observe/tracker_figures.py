@@ -130,7 +130,9 @@ def older_part(track: ApiTrack) -> Figures:
                 older[label] = older.get(label, 0) - n
         return {label: n for label, n in older.items() if n > 0}
     # Regression: count and sum subtract; min/max of the whole total are kept (they bound the part).
-    reg = list(track.total)
+    total = track.total
+    assert isinstance(total, list)
+    reg: RegFigures = list(total)
     for figures in track.minutes.values():
         assert isinstance(figures, list)
         reg[0] -= figures[0]

@@ -47,7 +47,7 @@ class DaemonV2Backend:
         return answer.status, dict(answer.headers or {}), bytes(answer.body)
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc's aio types are partial
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """With --api-keys, gRPC calls need the key too: metadata `authorization: Bearer KEY` or
     `x-api-key: KEY`, as the HTTP port's headers. Health calls stay open, as /healthz."""
 
