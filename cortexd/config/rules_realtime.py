@@ -3,6 +3,7 @@ those releases checked between keys (Cortex's own validations, in cortexd's word
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cortexd.config.checks import batching_problem
 from cortexd.config.errors import ConfigIssue
@@ -34,7 +35,7 @@ from cortexd.config.rules import (
 )
 from cortexd.config.rules_old import env_of, signature_ok, typed_model, update_strategy_of
 from cortexd.config.schema import COMPUTE_KEYS as COMPUTE_KEYS_SEED
-from cortexd.config.schema import default_of, keys_by_name
+from cortexd.config.schema import Key, default_of, keys_by_name
 from cortexd.config.schema_realtime import API_KEYS, AUTOSCALING_KEYS, COMPUTE_KEYS
 from cortexd.config.walk import Entry, Scope, Section
 from cortexd.config.yamlsrc import Mark
@@ -43,7 +44,7 @@ _KEYS = keys_by_name(API_KEYS)
 _TICK_S = 10.0   # Cortex measured in-flight requests every 10 seconds; windows are multiples of it
 
 
-def _default(keys: tuple, name: str, section: Section | None):  # type: ignore[no-untyped-def]
+def _default(keys: tuple[Key, ...], name: str, section: Section | None) -> Any:
     return default_of(keys, name) if section is None else section.get(name, default_of(keys, name))
 
 
@@ -126,7 +127,8 @@ def _one_signature(ps: Section, models: Section, path: str, scope: Scope) -> str
         scope.add(models.key_mark("signature_key"), path + "models.signature_key",
                   f"signature_key is given too (line {ps.key_mark('signature_key').line}); keep one")
         return "!"
-    return models.get("signature_key") or ps.get("signature_key")
+    signature_key: str | None = models.get("signature_key") or ps.get("signature_key")
+    return signature_key
 
 
 def _parallelism(ps: Section, auto: Section | None, path: str, scope: Scope) -> tuple[int, int] | None:
