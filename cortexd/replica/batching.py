@@ -26,7 +26,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from cortexd import batchframe
 from cortexd.batchframe import FrameError, Item
@@ -41,6 +41,7 @@ DEBUG_TRUNCATE = 2000
 
 # payloads -> one outcome per payload: the prediction, or the exception it failed with
 Runner = Callable[[list[Any]], list[Any]]
+_P = TypeVar("_P")  # a predictor, marked and handed back as it came
 
 
 def _log(message: str) -> None:
@@ -123,7 +124,7 @@ def stacked_runner(model: StackedModel, format_outputs: Callable[[dict[str, Any]
     return run
 
 
-def gather_runner(gatherer: Any, predict: Callable[[Any], Any]) -> Runner:
+def gather_runner(gatherer: Gatherer, predict: Callable[[Any], Any]) -> Runner:
     def run(payloads: list[Any]) -> list[Any]:
         outcomes = gatherer.run_batch(predict, payloads)
         for outcome in outcomes:
@@ -211,10 +212,11 @@ def require_batchable(spec: ReplicaSpec, problem: Callable[[], str | None]) -> N
             raise PredictorLoadError(f"api {spec.api_name}: {reason}")
 
 
-def mark_stacked(predictor: Any, client: Any, spec: ReplicaSpec) -> Any:
+def mark_stacked(predictor: _P, client: Any, spec: ReplicaSpec) -> _P:
     """A model served without a predictor class: batches are stacked through `client`."""
     if spec.max_batch_size >= 1:
-        predictor.stacked_model = client
+        marked: Any = predictor  # a mark that for_replica reads with getattr, not a declared attribute
+        marked.stacked_model = client
     return predictor
 
 
@@ -228,9 +230,10 @@ def model_client_for(client: Any, spec: ReplicaSpec) -> tuple[Any, Gatherer | No
     return GatheringClient(client, gatherer, client.format_outputs), gatherer
 
 
-def mark_gathered(predictor: Any, gatherer: Gatherer | None) -> Any:
+def mark_gathered(predictor: _P, gatherer: Gatherer | None) -> _P:
     if gatherer is not None:
-        predictor.gatherer = gatherer
+        marked: Any = predictor  # as in mark_stacked
+        marked.gatherer = gatherer
     return predictor
 
 

@@ -53,7 +53,7 @@ def _expected_class(module: types.ModuleType, name: str, method: str, where: str
 
 
 def user_class(module: types.ModuleType, ctx: ReplicaSpec, clients: dict[str, Any],
-               describe: Callable[[], dict[str, Any]]) -> Any:
+               describe: Callable[[], dict[str, Any]]) -> UserPredictor | RequestPredictor:
     """The user's predictor instance, wrapped to be called as its release called it."""
     where = getattr(module, "__file__", None) or ctx.predictor_path or "?"
     handler = ctx.call == CALL_HANDLER

@@ -172,7 +172,8 @@ class ONNXClient:
     def predict(self, payload: Any) -> list[Any]:
         feeds = self.to_inputs(payload)
         try:
-            return self.session.run(None, feeds)
+            outputs: list[Any] = self.session.run(None, feeds)  # one array per output, in order
+            return outputs
         except self._invalid_argument as exc:
             # the inputs passed our checks but not the model's own (e.g. a dimension that a
             # later node fixes): still the payload's fault, so a 400

@@ -54,7 +54,7 @@ class RequestError(Exception):
     """The bytes on the connection are not a request this server accepts."""
 
 
-def parse_head(head: bytes) -> tuple[str, str, str, int, bool]:
+def parse_head(head: bytes | bytearray) -> tuple[str, str, str, int, bool]:
     """(method, path, query, content length, close) of a header block without its final CRLFCRLF."""
     line_end = head.find(b"\r\n")
     request_line = head if line_end < 0 else head[:line_end]
@@ -99,7 +99,7 @@ def _split(answer: tuple[int, bytes] | tuple[int, bytes, bytes]) -> tuple[int, b
     """(status, body, header lines or None) of a handler's answer."""
     if len(answer) == 2:
         return answer[0], answer[1], None
-    return answer  # type: ignore[return-value]
+    return answer
 
 
 def _internal_error(exc: BaseException) -> bytes:
