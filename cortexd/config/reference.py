@@ -6,7 +6,7 @@ from __future__ import annotations
 from cortexd.config import bounds
 from cortexd.config.dialects import REALTIME, SEED, V011, V012, Dialect
 from cortexd.config.schema import API_KEYS as SEED_API_KEYS
-from cortexd.config.schema import DEPLOYMENT_KEYS, TYPE_DOCS, render_reference
+from cortexd.config.schema import DEPLOYMENT_KEYS, TYPE_DOCS, Key, render_reference
 from cortexd.config.schema_old import V011_RESOURCES, V012_API_KEYS
 from cortexd.config.schema_realtime import REFUSED_KINDS
 from cortexd.config.schema_realtime import RESOURCES as REALTIME_RESOURCES
@@ -55,7 +55,7 @@ free), as in Cortex; a replica may use more. The hard limit is cortexd's `comput
 a replica above it is stopped and the API shows `error (out of memory)`.
 """
 
-_DIALECTS: list[tuple[Dialect, str, tuple]] = [  # type: ignore[type-arg]
+_DIALECTS: list[tuple[Dialect, str, tuple[tuple[Key, ...], ...]]] = [
     (V011, "A deployment and APIs. A Python API names its file in `predictor.path`; ONNX and TensorFlow "
            "APIs give `model` and an optional `request_handler`. Default endpoint `/<deployment>/<api>`; "
            "autoscaling on CPU.", V011_RESOURCES),

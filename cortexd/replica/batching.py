@@ -171,9 +171,9 @@ class BatchHandler:
                 _log(f"debug: sample: {_truncate(item.body.decode('utf-8', 'replace'))}")
         if payloads:
             for i, outcome in zip(where, self._runner(payloads), strict=True):
-                answers[i] = _answer(outcome)
+                answer = answers[i] = _answer(outcome)
                 if "debug=true" in items[i].query:
-                    status, body = answers[i]  # type: ignore[misc]
+                    status, body = answer
                     what = "prediction" if status == 200 else f"answer {status}"
                     _log(f"debug: {what}: {_truncate(body.decode('utf-8', 'replace'))}")
         return [a if a is not None else _error(500, "no answer") for a in answers]

@@ -25,7 +25,7 @@ from cortexd.replica.predictors import PredictorLoadError
 REQUEST_ARGS: tuple[str, ...] = ("payload", "query_params", "headers")
 
 
-class QueryParams(dict):  # type: ignore[type-arg]
+class QueryParams(dict[str, str]):
     """The query string as Starlette's QueryParams reads: [key] is the last value, getlist all."""
 
     def __init__(self, query: str = "") -> None:
@@ -40,7 +40,7 @@ class QueryParams(dict):  # type: ignore[type-arg]
         return list(self._pairs)
 
 
-class Headers(dict):  # type: ignore[type-arg]
+class Headers(dict[str, str]):
     """Request headers as Starlette's Headers reads them: names are case-insensitive."""
 
     def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:

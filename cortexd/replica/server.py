@@ -24,6 +24,7 @@ import json
 from collections.abc import Callable
 from concurrent.futures import Executor
 from http import HTTPStatus
+from typing import cast
 
 from cortexd.protocol import header_value
 
@@ -130,7 +131,7 @@ class ReplicaProtocol(asyncio.Protocol):
         return not self._buf and self._pending is None and not self._busy
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.Transport, transport)  # a stream connection's transport
         self._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from tests.daemon_harness import Client, Daemon, write_project  # noqa: E402
+from tests.daemon_harness import Client, Daemon, write_project  # noqa: E402  (after sys.path has the repository)
 
 FEATURES, HIDDEN, LAYERS, CLASSES = 512, 2048, 4, 16
 
@@ -70,7 +70,10 @@ def build_mlp(path: str) -> str:
 
 def stats(samples: list[float]) -> dict[str, float]:
     ms = sorted(s * 1000 for s in samples)
-    pick = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
+
+    def pick(q: float) -> float:
+        return ms[min(len(ms) - 1, int(q * len(ms)))]
+
     return {"n": len(ms), "mean_ms": round(statistics.fmean(ms), 3), "p50_ms": round(pick(0.5), 3),
             "p90_ms": round(pick(0.9), 3), "p99_ms": round(pick(0.99), 3)}
 

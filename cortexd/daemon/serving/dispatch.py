@@ -111,10 +111,10 @@ class ApiQueue:
             candidate = idle.popleft()
             if candidate.link.state is LinkState.SERVING and not candidate.jobs:
                 slot = candidate
-        batching_idle = slot is not None and slot.link.batching is not None
-        if batching_idle:
-            idle.appendleft(slot)  # type: ignore[arg-type]  # a batching slot takes jobs through the former
-            slot = None
+        batching_idle = False
+        if slot is not None and slot.link.batching is not None:
+            idle.appendleft(slot)  # a batching slot takes jobs through the former
+            slot, batching_idle = None, True
         if slot is None:
             if not self.links and not self.hold_when_empty:
                 raise NoReplicas()
