@@ -6,11 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8888
 
-.PHONY: venv run test test-fast test-slow test-gpu bench deb examples clean
+.PHONY: venv run lint test test-fast test-slow test-gpu bench deb examples clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,tensorflow,s3]'
@@ -25,6 +25,12 @@ examples: venv
 run: venv examples
 	$(VENV)/bin/cortexd serve --config examples/cortex.yaml --port $(PORT) \
 		--state-dir .cortexd/state --log-dir .cortexd/log
+
+# The linter and the type checker (settings in pyproject.toml: ruff on the code, tests, scripts
+# and examples; mypy --strict on cortexd/).
+lint: venv
+	$(VENV)/bin/ruff check cortexd tests bench scripts examples
+	$(VENV)/bin/mypy
 
 # Fast tests first (pure tables, in-process), then the ones that start real daemons.
 test: venv

@@ -20,7 +20,8 @@ import contextlib
 import os
 import shutil
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bench.harness import BENCH_DIR, Server, cortexd_server, run_wrk
 from cortexd.config.quantities import parse_duration
@@ -54,7 +55,9 @@ def cortex_yaml(model: str, folder: str, predictor: str, setting: tuple[int, str
         lines += ["  python:", "    predictor: numpy_predictor.py",
                   "    config:", f"      weights: {os.path.join(folder, f'{model}.npz')}"]
     if setting is not None:
-        lines += ["    server_side_batching:", f"      max_batch_size: {setting[0]}", f"      batch_interval: {setting[1]}"]
+        lines += [
+            "    server_side_batching:", f"      max_batch_size: {setting[0]}", f"      batch_interval: {setting[1]}"
+        ]
     lines += ["  compute:", "    min_replicas: 1", "    max_replicas: 1", "    init_replicas: 1", "    cpu: 500m"]
     return "\n".join(lines) + "\n"
 
@@ -118,7 +121,7 @@ def run_section(
                         if before is not None and after is not None and after[0] > before[0]:
                             result["avg_batch"] = round((after[1] - before[1]) / (after[0] - before[0]), 2)
                         per_server[i].append(result)
-                for (variant, name, server), rs in zip(servers, per_server):
+                for (variant, _name, _server), rs in zip(servers, per_server, strict=True):
                     row = combine(model, "cortexd", variant, c, rs)
                     batches = sorted(r["avg_batch"] for r in rs if r.get("avg_batch") is not None)
                     row["avg_batch"] = batches[len(batches) // 2] if batches else None

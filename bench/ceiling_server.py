@@ -52,7 +52,7 @@ def build_ceiling_app(model_path: str) -> Any:
     async def predict(request: Any) -> HTTPResponse:
         x = np.asarray(loads(request.body), dtype=float32)[None]
         outputs = run(None, {input_name: x})
-        body = dumps({n: v.tolist() for n, v in zip(output_names, outputs)}, separators=(",", ":"))
+        body = dumps({n: v.tolist() for n, v in zip(output_names, outputs, strict=True)}, separators=(",", ":"))
         return HTTPResponse(body, content_type="application/json")
 
     return app
@@ -63,8 +63,8 @@ def serve_replica(model_path: str, host: str, port: int) -> None:
     import asyncio
     import socket
 
-    from cortexd.replica.main import build_handler, run
     from cortexd.protocol import ReplicaSpec
+    from cortexd.replica.main import build_handler, run
     from cortexd.replica.predictors import load_predictor
     from cortexd.replica.server import ReplicaProtocol
 

@@ -15,8 +15,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psutil
 
@@ -42,7 +43,8 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float
         except Exception as exc:  # servers refuse connections while they start
             last = exc
         time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+    suffix = f" (last error: {last})" if last else ""
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}{suffix}")
 
 
 def port_open(port: int) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def weights(spec: ModelSpec, seed: int = SEED) -> list[tuple[np.ndarray, np.ndar
     """(W, b) per layer, from the fixed seed: the same numbers for every form of the model."""
     rng = np.random.default_rng(seed)
     out = []
-    for fan_in, fan_out in zip(spec.layers[:-1], spec.layers[1:]):
+    for fan_in, fan_out in pairwise(spec.layers):
         # He-style scaling keeps activations in a sane range through the layers.
         w = (rng.normal(size=(fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
         b = (rng.normal(size=(fan_out,)) * 0.01).astype(np.float32)

@@ -31,5 +31,7 @@ def _forward(x: np.ndarray) -> np.ndarray:
 def predict(sample: Any, metadata: dict[str, Any]) -> Any:
     batched = isinstance(sample, list) and bool(sample) and isinstance(sample[0], list)
     out = _forward(np.asarray(sample if batched else [sample], dtype=np.float32))
-    answers = [{"output": [row.tolist()], "label": int(label)} for row, label in zip(out, out.argmax(axis=1))]
+    answers = [
+        {"output": [row.tolist()], "label": int(label)} for row, label in zip(out, out.argmax(axis=1), strict=True)
+    ]
     return answers if batched else answers[0]

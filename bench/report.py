@@ -103,14 +103,17 @@ def tracker_summary(pairs: list[dict[str, Row]], c: int) -> Row:
         "cost": round(1.0 - with_ / without, 4) if without and with_ is not None else None,
         "rps_without": without,
         "rps_with": with_,
-        "cpu_s_per_1k_root_without": statistics.median(p["without"]["cpu_s_per_1k_root"] for p in pairs) if pairs else None,
+        "cpu_s_per_1k_root_without": (
+            statistics.median(p["without"]["cpu_s_per_1k_root"] for p in pairs) if pairs else None
+        ),
         "cpu_s_per_1k_root_with": statistics.median(p["with"]["cpu_s_per_1k_root"] for p in pairs) if pairs else None,
     }
 
 
 def tracker_line(ab: Row) -> str:
-    return (f"  tracker A/B ({TARGET_MODEL}, 1 replica, c={ab['concurrency']}, {len(ab['rounds'])} alternating rounds): "
-            f"cost {_fmt(ab['cost'], '+.1%')} ({_fmt(ab['rps_with'], '.0f')} vs {_fmt(ab['rps_without'], '.0f')} req/s, "
+    return (f"  tracker A/B ({TARGET_MODEL}, 1 replica, c={ab['concurrency']}, {len(ab['rounds'])} "
+            f"alternating rounds): cost {_fmt(ab['cost'], '+.1%')} ({_fmt(ab['rps_with'], '.0f')} vs "
+            f"{_fmt(ab['rps_without'], '.0f')} req/s, "
             f"medians; single pairs: {' '.join(format(x, '+.0%') for x in ab['costs'])}); daemon CPU "
             f"{_fmt(ab['cpu_s_per_1k_root_without'], '.3f')} -> {_fmt(ab['cpu_s_per_1k_root_with'], '.3f')} s/1k req"
             + _in_process(ab))
@@ -266,8 +269,9 @@ def render(results: Row) -> str:
     settings = results.get("settings", {})
     lines.append(f"machine: {machine.get('cpu_model')}, {machine.get('cores')} cores; load average before the run "
                  f"{' '.join(f'{x:.2f}' for x in machine.get('loadavg_at_start', []))}")
-    lines.append(f"wrk: {settings.get('wrk_threads', 1)} thread, POST JSON, keep-alive; {settings.get('rounds', 1)} rounds of "
-                 f"{settings.get('duration_s')}s per server and concurrency, interleaved across servers, medians shown; "
+    lines.append(f"wrk: {settings.get('wrk_threads', 1)} thread, POST JSON, keep-alive; "
+                 f"{settings.get('rounds', 1)} rounds of {settings.get('duration_s')}s per server and concurrency, "
+                 "interleaved across servers, medians shown; "
                  f"onnxruntime intra-op threads = {settings.get('intra_op_threads', 1)} everywhere")
     if results.get("limit"):
         lines.append("")

@@ -172,7 +172,9 @@ def tracker_in_process(answer: bytes, seconds: float = 1.0) -> dict[str, float]:
 
         tracked, untracked = per_call_us("tracked"), per_call_us("untracked")
         tracker.close()
-    return {"tracked_us": round(tracked, 2), "untracked_us": round(untracked, 2), "cost_us": round(tracked - untracked, 2)}
+    return {
+        "tracked_us": round(tracked, 2), "untracked_us": round(untracked, 2), "cost_us": round(tracked - untracked, 2)
+    }
 
 
 def combine(model: str, kind: str, variant: dict[str, Any], c: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -228,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     workdir = tempfile.mkdtemp(prefix="cortexd-bench-")
     print(f"cortexd bench: wrk -t1, POST JSON on keep-alive connections, {args.rounds} interleaved rounds of "
-          f"{args.duration}s per server and concurrency (+{args.warmup}s warm-up per server), concurrency {concurrency}; "
+          f"{args.duration}s per server and concurrency (+{args.warmup}s warm-up per server), "
+          f"concurrency {concurrency}; "
           "onnxruntime intra-op threads = 1 everywhere", flush=True)
     results: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -270,11 +273,11 @@ def main(argv: list[str] | None = None) -> int:
                 for ci, c in enumerate(concurrency):
                     rounds: list[list[dict[str, Any]]] = [[] for _ in servers]
                     for rnd in range(args.rounds):
-                        for i, (kind, variant, server) in enumerate(servers):
+                        for i, (_kind, _variant, server) in enumerate(servers):
                             if ci == 0 and rnd == 0 and args.warmup > 0:  # once per server: then it is warm
                                 run_wrk(server.url, body_file, c, args.warmup)
                             rounds[i].append(measure_once(server, body_file, c, args.duration))
-                    for (kind, variant, server), rs in zip(servers, rounds):
+                    for (kind, variant, _server), rs in zip(servers, rounds, strict=True):
                         row = combine(model, kind, variant, c, rs)
                         results["runs"].append(row)
                         print(report.progress_line(row), flush=True)
@@ -297,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 
             seq = sequential.measure(workdir, 1000)
             results["sequential"] = seq
-            print(f"sequential: {seq['predictor']}: p50 {seq['p50_ms']:.3f} ms over {seq['requests']} requests", flush=True)
+            print(f"sequential: {seq['predictor']}: p50 {seq['p50_ms']:.3f} ms over {seq['requests']} requests",
+                  flush=True)
     finally:
         results["machine"]["loadavg_at_end"] = list(os.getloadavg())
         results["elapsed_s"] = round(time.time() - started, 1)

@@ -92,7 +92,9 @@ def measure(workdir: str, requests: int = 1000, trivial: bool = False) -> dict[s
         times = round_trips(server.port, server.path, body, requests)
     arr = np.asarray(times)
     return {
-        "predictor": "python echo (returns its input)" if trivial else "examples/python-iris (sklearn LogisticRegression)",
+        "predictor": (
+            "python echo (returns its input)" if trivial else "examples/python-iris (sklearn LogisticRegression)"
+        ),
         "requests": requests,
         "p50_ms": round(float(np.percentile(arr, 50)), 3),
         "p90_ms": round(float(np.percentile(arr, 90)), 3),

@@ -31,7 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -132,8 +133,9 @@ def front_server(model_path: str, workdir: str) -> Iterator[tuple[Server, str]]:
     port, grpc_port = free_port(), free_port()
     log_path = os.path.join(workdir, f"front-{port}.log")
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, os.path.join(BENCH_DIR, "v2_front.py"), model_path, "--port", str(port),
-                                 "--grpc-port", str(grpc_port)], stdout=log, stderr=log, env=_env(), cwd=workdir)
+        command = [sys.executable, os.path.join(BENCH_DIR, "v2_front.py"), model_path,
+                   "--port", str(port), "--grpc-port", str(grpc_port)]
+        proc = subprocess.Popen(command, stdout=log, stderr=log, env=_env(), cwd=workdir)
     server = Server("front", port, "", proc, ProcessTree(proc.pid), log_path)
     try:
         def up() -> bool:

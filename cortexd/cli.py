@@ -12,7 +12,8 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from cortexd import __version__, paths
 from cortexd.commands import COMMANDS, EXIT_FAILED, EXIT_USAGE, Command

@@ -12,8 +12,9 @@ import argparse
 import base64
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from cortexd import tables
 

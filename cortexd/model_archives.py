@@ -50,7 +50,7 @@ class ArchiveLimits:
         return {ENV_MAX_UNPACKED: str(self.max_unpacked_bytes), ENV_MAX_RATIO: repr(self.max_ratio)}
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ArchiveLimits":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ArchiveLimits:
         """The limits a replica was given; defaults for what is unset or unreadable."""
         limits = cls()
         try:

@@ -28,7 +28,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cortexd import safefs, units
 from cortexd.model_archives import ArchiveError, ArchiveLimits, extract

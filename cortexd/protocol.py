@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 # A replica that cannot load its predictor exits with this code, so the supervisor backs off
 # instead of restarting it in a tight loop (gunicorn's WORKER_BOOT_ERROR).
@@ -71,7 +71,7 @@ class LoadFailed:
     traceback: str = ""
 
 
-StatusMessage = Union[Ready, LoadFailed]
+StatusMessage = Ready | LoadFailed
 
 
 def encode_spec(spec: ReplicaSpec) -> bytes:

@@ -54,7 +54,7 @@ class Entry:
     mode: int  # st_mode, file type bits included
 
     @classmethod
-    def of(cls, path: str, st: os.stat_result) -> "Entry":
+    def of(cls, path: str, st: os.stat_result) -> Entry:
         return cls(path, st.st_uid, st.st_mode)
 
 
@@ -252,7 +252,9 @@ def open_reused(path: str, flags: int, mode: int = FILE_MODE) -> int:
         fd = os.open(path, flags | os.O_CREAT | _NOFOLLOW, mode)
     except OSError as exc:
         if os.path.islink(path):
-            raise UnsafePath(f"{path} is a symbolic link; cortexd does not follow links it did not make: remove it (rm {path})") from exc
+            raise UnsafePath(
+                f"{path} is a symbolic link; cortexd does not follow links it did not make: remove it (rm {path})"
+            ) from exc
         raise
     try:
         st = os.fstat(fd)

@@ -33,7 +33,9 @@ def locate(path: str, depth: int = 0) -> str:
     if is_saved_model_dir(path):
         return path
     entries = sorted(os.listdir(path))
-    with_model = [n for n in entries if os.path.isdir(os.path.join(path, n)) and is_saved_model_dir(os.path.join(path, n))]
+    with_model = [
+        n for n in entries if os.path.isdir(os.path.join(path, n)) and is_saved_model_dir(os.path.join(path, n))
+    ]
     version = pick_version(with_model)
     if version is not None:
         return os.path.join(path, version)
@@ -44,5 +46,6 @@ def locate(path: str, depth: int = 0) -> str:
         except NotASavedModel:
             pass
     raise NotASavedModel(
-        f"{path}: no saved_model.pb here nor in a numbered version folder (found: {', '.join(entries[:10]) or 'nothing'})"
+        f"{path}: no saved_model.pb here nor in a numbered version folder "
+        f"(found: {', '.join(entries[:10]) or 'nothing'})"
     )

@@ -14,8 +14,9 @@ def format_bytes(n: int | float | None, none: str = "-", decimals: int = 1) -> s
     if abs(value) < 1024:
         return f"{int(value)} B"
     unit = "B"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
+    for larger in ("KiB", "MiB", "GiB", "TiB"):
         value /= 1024
+        unit = larger
         if abs(value) < 1024:
             break
     return f"{value:.{decimals}f} {unit}"

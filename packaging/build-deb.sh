@@ -40,12 +40,16 @@ if [[ -n "${CORTEXD_WHEEL:-}" ]]; then
     cp "$CORTEXD_WHEEL" "$OPT/wheels/"
 else
     mkdir -p "$WORK/src"
-    cp "$REPO/setup.py" "$WORK/src/"
+    cp "$REPO/pyproject.toml" "$REPO/setup.py" "$WORK/src/"
     cp -r "$REPO/cortexd" "$WORK/src/"
     find "$WORK/src" -name __pycache__ -type d -prune -exec rm -rf {} +
     pipw=("$PYTHON" -m pip wheel --quiet --no-deps --disable-pip-version-check --wheel-dir "$OPT/wheels" "$WORK/src")
-    # Without build isolation first (offline, uses the interpreter's setuptools/wheel).
-    "${pipw[@]}" --no-build-isolation 2>"$WORK/pip.err" || "${pipw[@]}" || { cat "$WORK/pip.err" >&2; exit 1; }
+    # Without build isolation first (offline, uses the interpreter's setuptools), provided that
+    # setuptools is as new as pyproject.toml's [build-system] asks (an older one does not read
+    # [project] and would build an UNKNOWN-0.0.0 wheel); pips without --check-build-dependencies
+    # (before 22.1) fail here too. Then with build isolation (setuptools from the index).
+    "${pipw[@]}" --no-build-isolation --check-build-dependencies 2>"$WORK/pip.err" || "${pipw[@]}" \
+        || { cat "$WORK/pip.err" >&2; exit 1; }
 fi
 ls "$OPT"/wheels/cortexd-*.whl >/dev/null
 

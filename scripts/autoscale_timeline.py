@@ -17,7 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.daemon_harness import Client, Daemon, wait_for, write_project  # noqa: E402
+from tests.daemon_harness import Client, Daemon, wait_for, write_project  # noqa: E402  (after sys.path has the repo)
 
 PROJECT = """\
 - kind: deployment
@@ -72,7 +72,8 @@ def main() -> int:
 
     threads: list[threading.Thread] = []
     started = time.monotonic()
-    print(f"{'t (s)':>6}  {'clients':>7}  {'req/s':>6}  {'cpu % of request (per replica)':<34}  replicas ready/requested")
+    cpu_head = "cpu % of request (per replica)"
+    print(f"{'t (s)':>6}  {'clients':>7}  {'req/s':>6}  {cpu_head:<34}  replicas ready/requested")
     last = 0
     for second in range(45):
         if second == 2:
@@ -91,7 +92,8 @@ def main() -> int:
         rate = sent[0] - last
         last = sent[0]
         cpu_text = " ".join(f"{c:.0f}" for c in cpus)
-        print(f"{time.monotonic() - started:6.0f}  {clients:7d}  {rate:6d}  {cpu_text:<34}  {view['ready']}/{view['requested']}")
+        elapsed = time.monotonic() - started
+        print(f"{elapsed:6.0f}  {clients:7d}  {rate:6d}  {cpu_text:<34}  {view['ready']}/{view['requested']}")
         time.sleep(1)
     print()
     print("$ cortexd gpus")

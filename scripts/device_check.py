@@ -37,9 +37,10 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from cortexd import cli, gpu_probe  # noqa: E402
-from cortexd.daemon.fleet.gpu_memory import process_tree  # noqa: E402
-from cortexd.daemon.fleet.gpus import open_nvml  # noqa: E402
+# after sys.path has the repository (the script runs without an installed cortexd)
+from cortexd import cli, gpu_probe  # noqa: E402  (see above)
+from cortexd.daemon.fleet.gpu_memory import process_tree  # noqa: E402  (see above)
+from cortexd.daemon.fleet.gpus import open_nvml  # noqa: E402  (see above)
 
 MiB = 1024**2
 GPU_MEM_MIB = 8192  # the gpu_mem of the API that is made to go past it

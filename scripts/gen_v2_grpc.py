@@ -13,7 +13,7 @@ the same process (the tests do; so may a user's predictor), registers the same m
 names in the default pool, which would refuse the second definition.
 
 The protobuf and grpcio versions the code was generated with are the lowest that can load
-it (the generated code checks at import); setup.py's install_requires says the same.
+it (the generated code checks at import); pyproject.toml's dependencies say the same.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.daemon_harness import Client, Daemon, write_project  # noqa: E402
+from tests.daemon_harness import Client, Daemon, write_project  # noqa: E402  (after sys.path has the repository)
 
 PROJECT = """\
 - kind: deployment

@@ -14,8 +14,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from cortexd import cli
 
@@ -39,7 +40,8 @@ def wait_for(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0
         except Exception as exc:  # a daemon still starting refuses connections
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+    suffix = f" (last error: {last_exc})" if last_exc else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}{suffix}")
 
 
 @dataclass
@@ -60,14 +62,17 @@ class Client:
         self.timeout = timeout
         self.conn: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, path: str, body: bytes | str | None = None, headers: dict[str, str] | None = None) -> Response:
+    def request(
+        self, method: str, path: str, body: bytes | str | None = None, headers: dict[str, str] | None = None
+    ) -> Response:
         if isinstance(body, str):
             body = body.encode()
         for attempt in range(2):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
             try:
-                self.conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+                all_headers = {"Content-Type": "application/json", **(headers or {})}
+                self.conn.request(method, path, body=body, headers=all_headers)
                 resp = self.conn.getresponse()
                 data = resp.read()
                 result = Response(resp.status, data, {k.lower(): v for k, v in resp.getheaders()})
@@ -110,7 +115,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_path = os.path.join(base, "daemon.stderr")
 
-    def start(self, wait_live: bool = True, timeout: float = 60.0) -> "Daemon":
+    def start(self, wait_live: bool = True, timeout: float = 60.0) -> Daemon:
         os.makedirs(self.base, exist_ok=True)
         stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
@@ -186,7 +191,7 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.stderr()}")
+            raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.stderr()}") from None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -8,7 +8,8 @@ is imported only inside the functions that need it.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -6,7 +6,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cortexd.units import format_quantity
 from cortexd.daemon.fleet.admission import (
     Capacity,
     Request,
@@ -18,6 +17,7 @@ from cortexd.daemon.fleet.admission import (
     parse_cpu_max,
     parse_memory_max,
 )
+from cortexd.units import format_quantity
 
 GiB = 1024**3
 MiB = 1024**2
@@ -59,14 +59,16 @@ def test_format_cpu(cores: float, text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "n, text", [(GiB, "1Gi"), (1536 * MiB, "1.5Gi"), (200 * MiB, "200Mi"), (2048, "2Ki"), (100, "100"), (2 * 1024**4, "2Ti")]
+    "n, text",
+    [(GiB, "1Gi"), (1536 * MiB, "1.5Gi"), (200 * MiB, "200Mi"), (2048, "2Ki"), (100, "100"), (2 * 1024**4, "2Ti")],
 )
 def test_format_quantity(n: int, text: str) -> None:
     assert format_quantity(n) == text
 
 
 @pytest.mark.parametrize(
-    "text, cores", [("max 100000\n", None), ("150000 100000\n", 1.5), ("50000 100000", 0.5), ("200000", 2.0), ("", None)]
+    "text, cores",
+    [("max 100000\n", None), ("150000 100000\n", 1.5), ("50000 100000", 0.5), ("200000", 2.0), ("", None)],
 )
 def test_parse_cpu_max(text: str, cores: float | None) -> None:
     assert parse_cpu_max(text) == cores

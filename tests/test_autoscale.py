@@ -25,12 +25,13 @@ except ImportError:  # the config package is written in parallel; same fields as
 SPEC = Compute(min_replicas=1, max_replicas=10, init_replicas=1, target_cpu_utilization=80)
 WINDOW_60 = AutoscaleSettings(period_s=15, downscale_window_s=60, tolerance=0.1)
 DEFAULT = AutoscaleSettings()
+INITIAL = AutoscaleState()
 
 Step = tuple[float, list[float], int]  # (now, CPU % of request per ready replica, expected desired)
 
 
 def run(steps: list[Step], spec: Compute = SPEC, settings: AutoscaleSettings = DEFAULT,
-        state: AutoscaleState = AutoscaleState()) -> list[int]:
+        state: AutoscaleState = INITIAL) -> list[int]:
     got = []
     for now, readings, _ in steps:
         desired, state = decide(readings, state, spec, now, settings)

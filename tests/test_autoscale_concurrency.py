@@ -2,6 +2,8 @@
 over a window, tolerances, factors and the two stabilization periods."""
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from cortexd.config import Autoscaling, Compute
@@ -72,8 +74,8 @@ def test_downscale_waits_for_the_window_and_the_downscale_period() -> None:
     after = got[7:]
     assert after[:6] == [8] * 6                          # the minute after the lull keeps 8 (highest of the period)
     assert after[-1] == 1 and after == sorted(after, reverse=True)   # then down, never up again
-    steps_down = [b for a, b in zip(after, after[1:]) if b < a]
-    assert all(b >= a // 2 for a, b in zip(after, after[1:]) if b < a) and steps_down
+    steps_down = [b for a, b in pairwise(after) if b < a]
+    assert all(b >= a // 2 for a, b in pairwise(after) if b < a) and steps_down
 
 
 def test_the_window_averages_in_flight_requests() -> None:

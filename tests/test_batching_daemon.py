@@ -13,8 +13,9 @@ import textwrap
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -140,7 +141,7 @@ def test_one_malformed_sample_gets_its_400_and_the_rest_their_200(daemon: tuple[
     assert [r.status for r in answers] == [200, 400, 200, 200]
     assert "expects float32 of shape [None, 4]; got shape [2]" in answers[1].json()["error"]
     w, b = linear_weights()
-    for sample, r in zip(samples, answers):
+    for sample, r in zip(samples, answers, strict=True):
         if r.status == 200:
             assert np.allclose(r.json()["scores"], np.asarray([sample], dtype=np.float32) @ w + b, atol=1e-4)
     assert metric(d, "cortexd_inference_batch_size_count", "model") - before < 4  # some shared a batch
@@ -223,7 +224,7 @@ def test_a_reload_that_turns_batching_on_and_off_fails_no_request(tmp_path: Any)
             out = d.cli("reload", timeout=180)
             assert out.returncode == 0, out.stdout + out.stderr
             mark = len(results)
-            wait_for(lambda: len(results) > mark + 50, 30, what="load after the reload")
+            wait_for(lambda mark=mark: len(results) > mark + 50, 30, what="load after the reload")
             assert all(body["batched"] is batching for _, body in results[mark + 40:])
     finally:
         stop.set()

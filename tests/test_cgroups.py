@@ -37,7 +37,7 @@ from cortexd.daemon.fleet.supervisor import (
     Supervisor,
     Version,
 )
-from tests.test_supervisor import FakeRouter, FakeSpawner, Clock
+from tests.test_supervisor import Clock, FakeRouter, FakeSpawner
 
 PID = 4242
 SERVICE = "/system.slice/cortexd.service"
@@ -158,7 +158,9 @@ def test_take_over_leaves_memory_alone_when_already_enabled(tmp_path: Any) -> No
 
 
 @pytest.mark.parametrize("limit, memory_max", [(512 << 20, str(512 << 20)), (None, "max")])
-def test_replica_cgroup_gets_memory_max_and_no_swap_where_offered(tmp_path: Any, limit: int | None, memory_max: str) -> None:
+def test_replica_cgroup_gets_memory_max_and_no_swap_where_offered(
+    tmp_path: Any, limit: int | None, memory_max: str
+) -> None:
     own = str(tmp_path / "own")
     # A kernel with swap accounting and oom.group creates these files with the cgroup.
     write(os.path.join(own, "replica-iris-1", "memory.swap.max"), "max\n")
@@ -263,10 +265,12 @@ class OomCgroups:
     (KernelOom(1, None, None), [ReplicaOverMemory("iris-1", 0, 0, killed_by_kernel=True), ReplicaExited("iris-1", -9)]),
     (None, [ReplicaExited("iris-1", -9)]),
 ])
-def test_spawner_reports_a_kernel_oom_kill_before_the_exit(tmp_path: Any, oom: KernelOom | None, events: list[Any]) -> None:
+def test_spawner_reports_a_kernel_oom_kill_before_the_exit(
+    tmp_path: Any, oom: KernelOom | None, events: list[Any]
+) -> None:
     posted: list[Any] = []
     fake = OomCgroups(oom)
-    spawner = ProcessSpawner(str(tmp_path), post=posted.append, output=lambda a, r, l: None, cgroups=fake)  # type: ignore[arg-type]
+    spawner = ProcessSpawner(str(tmp_path), post=posted.append, output=lambda api, rid, line: None, cgroups=fake)  # type: ignore[arg-type]
     spawner._exited("iris-1", -9)
     assert posted == events and fake.finished == ["iris-1"]
 
@@ -345,7 +349,7 @@ def test_real_cgroup_kernel_oom_kill_shows_out_of_memory(tmp_path: Any) -> None:
     class InCgroup(Daemon):
         """The daemon started in a delegated cgroup, as systemd starts the unit."""
 
-        def start(self, wait_live: bool = True, timeout: float = 60.0) -> "InCgroup":
+        def start(self, wait_live: bool = True, timeout: float = 60.0) -> InCgroup:
             os.makedirs(self.base, exist_ok=True)
             with open(self.stderr_path, "ab") as err:
                 self.proc = subprocess.Popen(

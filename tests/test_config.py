@@ -390,7 +390,8 @@ def test_null_values_mean_the_default(project: Path) -> None:
 
 
 def test_init_replicas_defaults_to_min_replicas(project: Path) -> None:
-    (api,) = load(project, api_text("python: {predictor: predictor.py}\ncompute: {min_replicas: 3, max_replicas: 4}")).apis
+    text = api_text("python: {predictor: predictor.py}\ncompute: {min_replicas: 3, max_replicas: 4}")
+    (api,) = load(project, text).apis
     assert (api.compute.min_replicas, api.compute.init_replicas, api.compute.max_replicas) == (3, 3, 4)
 
 
@@ -488,7 +489,9 @@ def test_relative_paths_resolve_against_the_folder_holding_cortex_yaml(project: 
     finally:
         os.chdir(cwd)
     assert api.python_path == str(project / "lib")
-    assert api.predictor == PredictorSpec("onnx", str(project / "onnx_predictor.py"), str(project / "model.onnx"), None, {"k": "v"})
+    assert api.predictor == PredictorSpec(
+        "onnx", str(project / "onnx_predictor.py"), str(project / "model.onnx"), None, {"k": "v"}
+    )
     assert api.metadata == {}
 
 

@@ -138,7 +138,9 @@ def test_bad_durations(value: object, fragment: str) -> None:
     assert fragment in str(info.value)
 
 
-@pytest.mark.parametrize("seconds, text", [(0.002, "2ms"), (1.5, "1500ms"), (0.00025, "0.25ms"), (0.01, "10ms"), (90, "1m30s")])
+@pytest.mark.parametrize(
+    "seconds, text", [(0.002, "2ms"), (1.5, "1500ms"), (0.00025, "0.25ms"), (0.01, "10ms"), (90, "1m30s")]
+)
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
 
@@ -218,7 +220,8 @@ def test_saved_model_signatures_are_read_without_tensorflow(tmp_path: Path) -> N
     assert signatures["serving_default"][1]["version"] == ()
     assert local_batch_problem("tensorflow", path, "add") is None
     problem = local_batch_problem("tensorflow", path, "serving_default")
-    assert problem is not None and "signature 'serving_default'" in problem and "output 'version' is a scalar" in problem
+    assert problem is not None and "signature 'serving_default'" in problem
+    assert "output 'version' is a scalar" in problem
     # several signatures and none chosen: the replica's load reports that first
     assert local_batch_problem("tensorflow", path, None) is None
     batchable = modelgen.tf_batch_model(str(tmp_path / "versions" / "3"), batch=None)

@@ -33,7 +33,9 @@ def spec(tmp: Path, code: str, call: str, kind: str = "python", model: str | Non
                        config=config or {}, python_path=str(tmp), cpu=1, call=call, env=env or {})
 
 
-def post(predictor: Any, call: str, body: Any, query: str = "", headers: list[tuple[str, str]] | None = None) -> tuple[int, Any]:
+def post(
+    predictor: Any, call: str, body: Any, query: str = "", headers: list[tuple[str, str]] | None = None
+) -> tuple[int, Any]:
     if call in (CALL_CLASS_KWARGS, CALL_HANDLER):  # v0.17+ reads the body by its Content-Type, as a client sends it
         headers = [("Content-Type", "application/json")] + list(headers or [])
     status, payload = build_handler(predictor, call=call)("POST", "/predict", query, json.dumps(body).encode(), headers)
@@ -97,7 +99,7 @@ def test_v011_onnx_request_handler(tmp_path: Path, onnx_model: str) -> None:
         def post_inference(prediction, signature, metadata):
             return {"label": metadata["labels"][int(prediction[1][0])], "outputs": [o.name for o in signature]}
     """, CALL_V011, kind="onnx", model=onnx_model, config={"labels": ["x", "y", "z"]})
-    status, body = post(load_predictor(ctx), CALL_V011, dict(zip("abcd", SAMPLE)))
+    status, body = post(load_predictor(ctx), CALL_V011, dict(zip("abcd", SAMPLE, strict=True)))
     assert status == 200
     assert body == {"label": "xyz"[expected_label([SAMPLE])[0]], "outputs": ["scores", "label"]}
 
@@ -135,7 +137,8 @@ def test_v012_python_and_onnx_classes(tmp_path: Path, onnx_model: str) -> None:
 # --- v0.17+: arguments by name ---------------------------------------------------------------------
 
 KWARGS_CASES = [
-    ("def predict(self, payload, query_params, headers):\n        return [payload, query_params['q'], headers['X-Key']]",
+    ("def predict(self, payload, query_params, headers):\n"
+     "        return [payload, query_params['q'], headers['X-Key']]",
      [7, "2", "k1"]),
     ("def predict(self, headers, payload):\n        return [headers.get('x-key'), payload]", ["k1", 7]),
     ("def predict(self, query_params):\n        return query_params.getlist('q')", ["1", "2"]),
@@ -242,7 +245,8 @@ def test_a_missing_image_package_is_named_with_the_fix(tmp_path: Path) -> None:
     ctx = spec(tmp_path, "import tensor2tensor\nclass PythonPredictor: pass\n", CALL_CLASS)
     with pytest.raises(PredictorLoadError) as info:
         load_predictor(ctx)
-    assert "the package tensor2tensor (import tensor2tensor) is not installed: Cortex's images included it" in str(info.value)
+    assert ("the package tensor2tensor (import tensor2tensor) is not installed: Cortex's images included it"
+            in str(info.value))
     assert "add `tensor2tensor` to requirements.txt next to cortex.yaml" in str(info.value)
 
 
@@ -273,7 +277,8 @@ def test_query_params_and_headers_read_as_starlette_did() -> None:
     q = QueryParams("a=1&b=&a=2&debug=true")
     assert (q["a"], q.getlist("a"), q["b"], q["debug"]) == ("2", ["1", "2"], "", "true")
     h = Headers([("Content-Type", "text/plain"), ("X-Many", "1"), ("x-many", "2")])
-    assert (h["content-type"], h.get("CONTENT-TYPE"), "X-MANY" in h, h.getlist("x-many")) == ("text/plain", "text/plain", True, ["1", "2"])
+    got = (h["content-type"], h.get("CONTENT-TYPE"), "X-MANY" in h, h.getlist("x-many"))
+    assert got == ("text/plain", "text/plain", True, ["1", "2"])
 
 
 # --- TensorFlow outputs as the protobuf JSON mapping gave them ------------------------------------
@@ -371,7 +376,9 @@ def test_threads_per_process_serves_requests_at_once(tmp_path: Path) -> None:
     barrier = threading.Barrier(4, timeout=20)
     seen: list[list[tuple[str, str]] | None] = []
 
-    def handler(method: str, path: str, query: str, body: bytes, headers: list[tuple[str, str]] | None = None) -> tuple[int, bytes]:
+    def handler(
+        method: str, path: str, query: str, body: bytes, headers: list[tuple[str, str]] | None = None
+    ) -> tuple[int, bytes]:
         seen.append(headers)
         barrier.wait()
         return 200, body
@@ -426,7 +433,8 @@ def test_v017_payload_follows_the_content_type(tmp_path: Path) -> None:
             def predict(self, payload):
                 if hasattr(payload, "getlist"):  # FormData
                     return {k: (v.filename, v.read().decode()) if hasattr(v, "read") else v for k, v in payload.items()}
-                return {"type": type(payload).__name__, "value": payload if not isinstance(payload, bytes) else payload.hex()}
+                value = payload if not isinstance(payload, bytes) else payload.hex()
+                return {"type": type(payload).__name__, "value": value}
     """
     predictor = load_predictor(spec(tmp_path, code, CALL_CLASS_KWARGS))
     handle = build_handler(predictor, call=CALL_CLASS_KWARGS, str_as_text=True)

@@ -238,7 +238,9 @@ class ScratchRoot:
         return self.calls.read_text().splitlines()
 
     def status(self) -> str:
-        return run(["dpkg-query", f"--admindir={self.root}/var/lib/dpkg", "-W", "-f=${Version} ${db:Status-Abbrev}", "cortexd"], check=False).stdout.strip()
+        query = ["dpkg-query", f"--admindir={self.root}/var/lib/dpkg", "-W", "-f=${Version} ${db:Status-Abbrev}",
+                 "cortexd"]
+        return run(query, check=False).stdout.strip()
 
 
 def host_users() -> tuple[bool, bool]:
@@ -336,7 +338,9 @@ def test_build_venv(debs: dict[str, Path], tmp_path: Path) -> None:
     first = os.readlink(opt / "venv")
     assert first.startswith(f"venv-{V1}-") and "/" not in first
     assert not (opt / "venv-stale").exists()
-    probe = run([str(opt / "venv" / "bin" / "python"), "-c", "import cortexd, sys; print(cortexd.__version__, sys.prefix)"])
+    probe = run(
+        [str(opt / "venv" / "bin" / "python"), "-c", "import cortexd, sys; print(cortexd.__version__, sys.prefix)"]
+    )
     version, prefix = probe.stdout.split()
     assert os.path.realpath(prefix) == str(opt / first)
     # the entry point runs the versioned interpreter, so a running daemon (and the replicas

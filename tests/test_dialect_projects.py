@@ -247,7 +247,8 @@ def test_traffic_splitter_weights_within_five_percent_over_2000_requests(tmp_pat
         "- name: ab\n  kind: TrafficSplitter\n  apis: [{name: a, weight: 30}, {name: b, weight: 70}]\n")
     for name in ("a", "b"):
         (project / f"{name}.py").write_text(
-            f"class PythonPredictor:\n    def __init__(self, config): pass\n    def predict(self, payload): return {name!r}\n")
+            "class PythonPredictor:\n    def __init__(self, config): pass\n"
+            f"    def predict(self, payload): return {name!r}\n")
     daemon = Daemon(str(project), str(tmp_path / "d")).start(timeout=120)
     try:
         client = daemon.client()

@@ -79,7 +79,9 @@ DETECTION: list[tuple[str, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("source", "dialect", "evidence"), DETECTION, ids=[f"detect{i}" for i in range(len(DETECTION))])
+@pytest.mark.parametrize(
+    ("source", "dialect", "evidence"), DETECTION, ids=[f"detect{i}" for i in range(len(DETECTION))]
+)
 def test_detection(source: str, dialect: str, evidence: str) -> None:
     src = YamlSource(source)
     found = detect(src.compose(), src)
@@ -121,7 +123,9 @@ def test_v011_maps_to_module_calls_with_metadata(project: Path) -> None:
     assert py.tracker == Tracker("classification")
     assert py.compute == Compute(min_replicas=2, max_replicas=3, init_replicas=2, cpu=1.0, mem=2**30)
     assert py.autoscaling is None   # the CPU rule of v0.11
-    assert tf.predictor == PredictorSpec("tensorflow", str(project / "h.py"), str(project / "saved"), "predict", {"a": 1})
+    assert tf.predictor == PredictorSpec(
+        "tensorflow", str(project / "h.py"), str(project / "saved"), "predict", {"a": 1}
+    )
     assert ox.predictor == PredictorSpec("onnx", None, str(project / "model.onnx"), None, {})
 
 
@@ -176,7 +180,9 @@ def test_realtime_maps_every_section(project: Path) -> None:
     assert (a.endpoint, a.call, a.threads_per_process, a.processes_per_replica) == ("/v1/a", CALL_CLASS_KWARGS, 4, 2)
     assert a.batching == Batching(4, 0.1)
     assert a.env == {"X": "1"} and a.predictor.config == {"k": 1}
-    assert a.compute == Compute(min_replicas=2, max_replicas=5, init_replicas=2, cpu=0.5, gpu=1, mem=10**9, mem_limit=2 * 10**9)
+    assert a.compute == Compute(
+        min_replicas=2, max_replicas=5, init_replicas=2, cpu=0.5, gpu=1, mem=10**9, mem_limit=2 * 10**9
+    )
     assert a.autoscaling == Autoscaling(target_replica_concurrency=3.5, window_s=30.0,
                                         downscale_stabilization_period_s=120.0, max_upscale_factor=3.0)
     assert a.update_strategy == UpdateStrategy("0", "50%")
@@ -253,7 +259,9 @@ def test_autoscaling_dataclass_defaults_match_the_schema() -> None:
     [("25%", "25%", 4, (1, 1)), ("25%", "25%", 1, (1, 0)), ("0", "25%", 3, (0, 0 + 1)), ("5", "0", 2, (5, 0)),
      ("50%", "50%", 3, (2, 1)), ("0%", "0%", 4, (0, 1))],
 )
-def test_update_strategy_resolves_as_kubernetes(surge: str, unavailable: str, desired: int, expected: tuple[int, int]) -> None:
+def test_update_strategy_resolves_as_kubernetes(
+    surge: str, unavailable: str, desired: int, expected: tuple[int, int]
+) -> None:
     assert UpdateStrategy(surge, unavailable).resolve(desired) == expected
 
 
@@ -343,7 +351,9 @@ def _column(source: str, line: int, key_path: str) -> int:
 
 
 @pytest.mark.parametrize(("source", "want"), ERRORS, ids=[f"err{i}" for i in range(len(ERRORS))])
-def test_errors_in_the_dialects_terms(project: Path, source: str, want: list[tuple[int, int | None, str | None, str, str]]) -> None:
+def test_errors_in_the_dialects_terms(
+    project: Path, source: str, want: list[tuple[int, int | None, str | None, str, str]]
+) -> None:
     got = issues(project, source)
     expected = [(w[0], w[1] if w[1] is not None else _column(source, w[0], w[3]), w[2], w[3]) for w in want]
     assert [(i.line, i.column, i.api, i.key_path) for i in got] == expected, [str(i) for i in got]
@@ -368,8 +378,12 @@ REFUSED: list[tuple[str, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("source", "key_path", "fragment"), REFUSED, ids=[r[1] + str(i) for i, r in enumerate(REFUSED)])
-def test_what_cortexd_does_not_serve_is_refused_in_one_line(project: Path, source: str, key_path: str, fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("source", "key_path", "fragment"), REFUSED, ids=[r[1] + str(i) for i, r in enumerate(REFUSED)]
+)
+def test_what_cortexd_does_not_serve_is_refused_in_one_line(
+    project: Path, source: str, key_path: str, fragment: str
+) -> None:
     (issue,) = issues(project, source)
     assert issue.key_path == key_path and fragment in issue.message, str(issue)
 
@@ -396,7 +410,8 @@ def test_a_yaml_alias_bomb_is_refused_with_its_line(project: Path) -> None:
     levels = ["a: &a [x, x, x, x, x, x, x, x, x]"]
     for n in range(1, 9):
         prev, cur = chr(ord("a") + n - 1), chr(ord("a") + n)
-        levels.append(f"{cur}: &{cur} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]")
+        refs = ", ".join([f"*{prev}"] * 9)
+        levels.append(f"{cur}: &{cur} [{refs}]")
     body = "\n".join("    " + line for line in levels)
     path = project / "cortex.yaml"
     path.write_text(DEP + "- kind: api\n  name: a\n  python: {predictor: p.py}\n  metadata:\n" + body + "\n")
@@ -411,7 +426,8 @@ def test_an_oversize_file_is_refused_with_its_line(project: Path) -> None:
     filler = "# " + "x" * 1021 + "\n"   # 1 KiB lines
     path.write_text(DEP + filler * 1100)
     (issue,) = validate_report(str(path)).errors
-    assert issue.message.startswith("the file is 1,126,431 bytes") and "at most 1,048,576 bytes (1 MiB)" in issue.message
+    assert issue.message.startswith("the file is 1,126,431 bytes")
+    assert "at most 1,048,576 bytes (1 MiB)" in issue.message
     assert issue.line == 2 + 1024   # the line holding the byte past 1 MiB: 31 + 1023 * 1024 bytes come before it
     with pytest.raises(ConfigError):
         load_config_text(path.read_text(), str(path))

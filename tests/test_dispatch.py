@@ -7,7 +7,8 @@ answer or fail it, so every path is driven by hand: no replica process, no sleep
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 

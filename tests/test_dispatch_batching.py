@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -59,7 +60,7 @@ def queue(batching: list[Batching | None], max_queue: int = 100) -> tuple[ApiQue
     seen: list[Any] = []
     q.on_batch = lambda jobs, trigger, now: seen.append(([j.body for j in jobs], trigger))
     conns = [FakeConn() for _ in batching]
-    for i, (c, b) in enumerate(zip(conns, batching)):
+    for i, (c, b) in enumerate(zip(conns, batching, strict=True)):
         q.add(ReplicaLink(f"r{i}", c, 1, batching=b))  # type: ignore[arg-type]
     return q, conns, seen
 

@@ -50,7 +50,9 @@ def collect() -> tuple[list[str], envs.Log]:
 def env_python_run(python: str, code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run code in an env the way a replica would: no PYTHONPATH, cwd outside the repo."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([python, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [python, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -251,7 +253,8 @@ def test_build_installs_into_a_layered_env_and_a_restart_reuses_it(tmp_path: Pat
         cached_build_s = time.monotonic() - started
     assert relog == [] and os.stat(marker).st_mtime_ns == marker_mtime
     assert cached_build_s < 0.5 < first_build_s
-    print(f"\nfirst build {first_build_s:.2f} s; cached lookup {lookup_s * 1000:.2f} ms; cached build() {cached_build_s * 1000:.2f} ms")
+    print(f"\nfirst build {first_build_s:.2f} s; cached lookup {lookup_s * 1000:.2f} ms; "
+          f"cached build() {cached_build_s * 1000:.2f} ms")
 
 
 @pytest.mark.slow
@@ -348,7 +351,8 @@ def test_the_reference_example_serves_from_its_env(tmp_path: Path) -> None:
         "from predictor import PythonPredictor\n"
         "p = PythonPredictor(api['python']['config'])\n"
         "print(json.dumps([p.predict(json.load(open('sample.json'))),\n"
-        "                  p.predict({'sepal_length': '6.7', 'sepal_width': 3.0, 'petal_length': 5.2, 'petal_width': 2.3})]))\n"
+        "                  p.predict({'sepal_length': '6.7', 'sepal_width': 3.0, "
+        "'petal_length': 5.2, 'petal_width': 2.3})]))\n"
         "try:\n"
         "    p.predict({'sepal_length': 1})\n"
         "except ValueError as exc:\n"

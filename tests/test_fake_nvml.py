@@ -46,7 +46,9 @@ def test_inventory_and_knobs() -> None:
 
 
 def test_memory_per_card_and_mig_from_env() -> None:
-    nvml = fake_from_env({"CORTEXD_FAKE_GPUS": "3", "CORTEXD_FAKE_GPU_MEM": "16Gi, 80Gi,40Gi", "CORTEXD_FAKE_MIG": "2:4"})
+    nvml = fake_from_env(
+        {"CORTEXD_FAKE_GPUS": "3", "CORTEXD_FAKE_GPU_MEM": "16Gi, 80Gi,40Gi", "CORTEXD_FAKE_MIG": "2:4"}
+    )
     got = [(g.index, g.uuid, g.memory_total, g.mig, g.parent, g.utilization) for g in nvml.gpus()]
     assert got == [
         (0, "GPU-fake-0", 16 * GiB, False, None, 0),
@@ -67,7 +69,8 @@ def test_memory_per_card_and_mig_from_env() -> None:
         ({"CORTEXD_FAKE_GPUS": "2", "CORTEXD_FAKE_GPU_MEM": "16Gi,16Gi,16Gi"},
          "CORTEXD_FAKE_GPU_MEM gives 3 sizes for 2 GPUs; give 1 or 2"),
         ({"CORTEXD_FAKE_GPUS": "1", "CORTEXD_FAKE_GPU_MEM": "16g"}, 'CORTEXD_FAKE_GPU_MEM: unknown memory suffix "g"'),
-        ({"CORTEXD_FAKE_GPUS": "1", "CORTEXD_FAKE_MIG": "1:2"}, "CORTEXD_FAKE_MIG entries are CARD:INSTANCES with CARD < 1"),
+        ({"CORTEXD_FAKE_GPUS": "1", "CORTEXD_FAKE_MIG": "1:2"},
+         "CORTEXD_FAKE_MIG entries are CARD:INSTANCES with CARD < 1"),
         ({"CORTEXD_FAKE_GPUS": "1", "CORTEXD_FAKE_MIG": "0:0"}, "got '0:0'"),
         ({"CORTEXD_FAKE_GPUS": "1", "CORTEXD_FAKE_MIG": "0"}, "got '0'"),
     ],

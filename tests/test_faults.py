@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -106,8 +107,10 @@ def test_hung_or_stopped_replica_is_replaced(faulty: Daemon, fault: str) -> None
         os.kill(victim, signal.SIGSTOP)
         # Both replicas get a request: the stopped one cannot answer within the timeout.
         results: list[int] = []
-        threads = [threading.Thread(target=lambda: results.append(Client(faulty.port).post("/f/echo", {"sleep": 0.5}).status))
-                   for _ in range(2)]
+        def call() -> None:
+            results.append(Client(faulty.port).post("/f/echo", {"sleep": 0.5}).status)
+
+        threads = [threading.Thread(target=call) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:
@@ -264,7 +267,8 @@ BROKEN_YAML = """
 def test_removing_an_api_whose_predictor_never_loaded(tmp_path: Any) -> None:
     project = write_project(str(tmp_path / "p"), BROKEN_YAML, {
         "echo.py": "def predict(sample, metadata):\n    return sample\n",
-        "broken.py": "def init(metadata):\n    raise RuntimeError('no weights')\n\ndef predict(sample, metadata):\n    return 1\n",
+        "broken.py": "def init(metadata):\n    raise RuntimeError('no weights')\n\n"
+                     "def predict(sample, metadata):\n    return 1\n",
     })
     d = Daemon(project, str(tmp_path / "d")).start(wait_live=False)
     try:
@@ -403,7 +407,8 @@ def test_a_slow_init_never_blocks_another_apis_reload(tmp_path: Any) -> None:
     try:
         with open(os.path.join(project, "cortex.yaml"), "a") as f:
             f.write("- kind: api\n  name: slow\n  python:\n    predictor: slow.py\n")
-        first = subprocess.Popen([sys.executable, "-m", "cortexd", "reload"], env={**d.env, "CORTEXD_RUNTIME_DIR": d.runtime_dir},
+        first = subprocess.Popen([sys.executable, "-m", "cortexd", "reload"],
+                                 env={**d.env, "CORTEXD_RUNTIME_DIR": d.runtime_dir},
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         wait_for(lambda: d.get("slow")["replicas"], 20, what="the slow API's replica to start")
         with open(os.path.join(project, "quick.py"), "w") as f:

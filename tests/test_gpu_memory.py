@@ -105,7 +105,8 @@ def test_process_tree_of_this_process_and_of_none() -> None:
 
 
 def api(name: str, gpu: float, gpu_mem: int | None = None) -> Api:
-    return Api(name=name, endpoint=f"/{name}", python_path="/", predictor=PredictorSpec("python", "/p.py", None, None, {}),
+    return Api(name=name, endpoint=f"/{name}", python_path="/",
+               predictor=PredictorSpec("python", "/p.py", None, None, {}),
                tracker=None, compute=Compute(cpu=0.1, gpu=gpu, gpu_mem=gpu_mem), metadata={})
 
 

@@ -26,7 +26,8 @@ from cortexd.gpu_probe import describe, parse_probe_output, probe_framework, pro
         ({"framework": "onnxruntime", "distribution": "onnxruntime-gpu", "version": "1.26.0", "cuda": "12.8", "gpus": 2,
           "usable": False, "detail": "preloading CUDA libraries failed: x"},
          "onnxruntime-gpu 1.26.0: CUDA 12.8 build, but sees no GPU; preloading CUDA libraries failed: x"),
-        ({"framework": "tensorflow", "installed": True, "usable": False, "error": "the probe did not finish within 120s"},
+        ({"framework": "tensorflow", "installed": True, "usable": False,
+          "error": "the probe did not finish within 120s"},
          "tensorflow: cannot tell (the probe did not finish within 120s)"),
     ],
 )
@@ -42,7 +43,8 @@ def test_parse_takes_the_report_after_any_chatter() -> None:
 @pytest.mark.parametrize(
     "code, out, err, error",
     [
-        (-11, "", "Fatal Python error: Segmentation fault\n", "the probe failed (killed by signal 11): Fatal Python error"),
+        (-11, "", "Fatal Python error: Segmentation fault\n",
+         "the probe failed (killed by signal 11): Fatal Python error"),
         (1, '{"framework": "torch"}', "", "the probe failed (exit 1)"),  # another framework's report
         (1, "{not json", "ImportError: x", "the probe failed (exit 1): ImportError: x"),
     ],
@@ -59,7 +61,8 @@ def test_probe_in_a_child_of_a_missing_interpreter_is_a_report() -> None:
 
 def test_unknown_framework_in_the_child() -> None:
     assert gpu_probe.probe_here("jax") == {
-        "framework": "jax", "installed": False, "error": "unknown framework 'jax'; known: onnxruntime, tensorflow, torch"}
+        "framework": "jax", "installed": False,
+        "error": "unknown framework 'jax'; known: onnxruntime, tensorflow, torch"}
 
 
 @pytest.mark.slow

@@ -5,8 +5,15 @@ import random
 
 import pytest
 
-from cortexd.daemon.observe.latency import (GROWTH, MAX_SECONDS, MIN_SECONDS, N_BUCKETS, LatencyStats, bucket_index,
-                                    bucket_middle)
+from cortexd.daemon.observe.latency import (
+    GROWTH,
+    MAX_SECONDS,
+    MIN_SECONDS,
+    N_BUCKETS,
+    LatencyStats,
+    bucket_index,
+    bucket_middle,
+)
 
 
 def test_empty_snapshot() -> None:

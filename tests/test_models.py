@@ -8,7 +8,8 @@ import os
 import sys
 import threading
 import zipfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 

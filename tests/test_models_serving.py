@@ -275,7 +275,8 @@ GOOD_MULTI = {"a": [[1, 2, 3]], "b": [[1, 2, 3]], "scale": [2], "flag": [True]}
     ("/models/tf-zip", {"a": [1]}, ["missing inputs ['b']", "signature 'add' takes ['a', 'b']"]),
     # wrong shape
     ("/models/onnx-plain", [[1, 2, 3]], ["input 'input'", "expects float32 of shape [None, 4]", "got shape [1, 3]"]),
-    ("/models/onnx-multi", {**GOOD_MULTI, "scale": [1, 2]}, ["input 'scale'", "expects float64 of shape [1]", "got shape [2]"]),
+    ("/models/onnx-multi", {**GOOD_MULTI, "scale": [1, 2]},
+     ["input 'scale'", "expects float64 of shape [1]", "got shape [2]"]),
     ("/models/tf-versions", [[1, 2, 3, 4, 5]], ["input 'x'", "expects float32 of shape [None, 4]", "got shape [1, 5]"]),
     ("/models/tf-zip", {"a": [[1]], "b": [2]}, ["input 'a'", "expects int64 of shape [None]", "got shape [1, 1]"]),
     # non-numeric value
@@ -381,7 +382,9 @@ def test_tensorflow_api_without_tensorflow_says_what_to_install(tmp_path: Any) -
     # A `tensorflow` package that cannot be imported, first on the replicas' path.
     stub = tmp_path / "stub" / "tensorflow"
     stub.mkdir(parents=True)
-    (stub / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'tensorflow\'", name="tensorflow")\n')
+    (stub / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named \'tensorflow\'", name="tensorflow")\n'
+    )
     model = tmp_path / "p" / "model"
     model.mkdir(parents=True)
     (model / "saved_model.pb").write_bytes(b"")

@@ -241,7 +241,8 @@ def test_get_api_shows_replicas_and_tracker_tables(daemon: Daemon) -> None:
         out = daemon.cli("get", api)
         assert out.returncode == 0, out.stderr
         text = out.stdout
-        assert re.search(rf"^{api}\s{{3,}}live\s{{3,}}1\s{{3,}}1\s{{3,}}{view['metrics']['requests']}\s", text, re.M), text
+        row = rf"^{api}\s{{3,}}live\s{{3,}}1\s{{3,}}1\s{{3,}}{view['metrics']['requests']}\s"
+        assert re.search(row, text, re.M), text
         assert re.search(r"^replica\s{3,}pid\s{3,}state\s{3,}gpus\s{3,}cpu %\s{3,}memory\s{3,}restarts$", text, re.M)
         (rep,) = view["replicas"]
         assert re.search(rf"^{re.escape(rep['id'])}\s{{3,}}{rep['pid']}\s{{3,}}ready\s{{3,}}-\s{{3,}}[\d.]+"

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cortexd.protocol import ReplicaSpec
 from cortexd.replica import onnx_predictor
 from cortexd.replica.jsonable import InputMismatch, to_array, to_jsonable
 from cortexd.replica.onnx_predictor import ONNXClient, session_plan
-from cortexd.protocol import ReplicaSpec
 from cortexd.replica.predictors import PayloadError, PredictorLoadError
 from tests import modelgen
 
@@ -75,7 +75,8 @@ def test_session_plan(gpus: list[int], cpu: float, providers: list[Any], threads
 def test_session_plan_caps_the_cuda_arena_at_gpu_mem() -> None:
     providers, _ = session_plan([0], 1, 6 * 2**30)
     assert providers == [
-        ("CUDAExecutionProvider", {"device_id": 0, "gpu_mem_limit": 6 * 2**30, "arena_extend_strategy": "kSameAsRequested"}),
+        ("CUDAExecutionProvider",
+         {"device_id": 0, "gpu_mem_limit": 6 * 2**30, "arena_extend_strategy": "kSameAsRequested"}),
         "CPUExecutionProvider",
     ]
     assert session_plan([], 1, 6 * 2**30) == (["CPUExecutionProvider"], 1)  # no GPU, no limit
@@ -225,10 +226,12 @@ GOOD_MULTI = {"a": [1, 2, 3], "b": [1, 2, 3], "scale": [2], "flag": [True]}
         ("linear", {"x": SAMPLE}, r"the model's one input is 'input'.*got an object with keys \['x'\]"),
         ("linear", {"input": SAMPLE, "extra": 1}, r"unexpected keys \['extra'\]; the model's one input is 'input'"),
         ("linear", "text", r"got strings"),
-        ("multi", [1, 2, 3], r"the model has 4 inputs \['a', 'b', 'scale', 'flag'\]: send an object by input name; got list"),
+        ("multi", [1, 2, 3],
+         r"the model has 4 inputs \['a', 'b', 'scale', 'flag'\]: send an object by input name; got list"),
         ("multi", {"a": [1, 2, 3]}, r"missing inputs \['b', 'scale', 'flag'\]"),
         ("multi", {**GOOD_MULTI, "c": 1, "d": 2}, r"unexpected keys \['c', 'd'\]"),
-        ("multi", {**GOOD_MULTI, "b": [1.5, 2, 3]}, r"input 'b' expects int64 of shape \[None, 3\]; got numbers that are not whole"),
+        ("multi", {**GOOD_MULTI, "b": [1.5, 2, 3]},
+         r"input 'b' expects int64 of shape \[None, 3\]; got numbers that are not whole"),
         ("multi", {**GOOD_MULTI, "flag": [2]}, r"input 'flag' expects bool .*; got integers other than 0 and 1"),
         ("multi", {**GOOD_MULTI, "flag": [0.5]}, r"input 'flag' expects bool .*; got numbers"),
         ("multi", {**GOOD_MULTI, "scale": [1, 2]}, r"input 'scale' expects float64 of shape \[1\]; got shape \[2\]"),
@@ -326,7 +329,7 @@ def test_predictor_gets_the_client_and_config(models: dict[str, str], tmp_path: 
                 return self.prefix + LABELS[int(label[0])]
     """)
     predictor = onnx_predictor.load(ctx(models["linear"], path, {"prefix": "iris-"}, python_path=str(tmp_path)))
-    payload = dict(zip(("sepal_length", "sepal_width", "petal_length", "petal_width"), SAMPLE))
+    payload = dict(zip(("sepal_length", "sepal_width", "petal_length", "petal_width"), SAMPLE, strict=True))
     want = ["setosa", "versicolor", "virginica"][int(np.argmax(expected_scores([SAMPLE])[0]))]
     assert predictor.predict(payload) == "iris-" + want
     assert predictor.describe()["outputs"][1]["name"] == "label"
@@ -355,7 +358,8 @@ def test_predictor_with_wrong_constructor_is_a_load_error(models: dict[str, str]
             def predict(self, payload):
                 return 1
     """)
-    with pytest.raises(PredictorLoadError, match=r"wrong.py: expected a class ONNXPredictor with __init__\(self, onnx_client, config\)"):
+    expected = r"wrong.py: expected a class ONNXPredictor with __init__\(self, onnx_client, config\)"
+    with pytest.raises(PredictorLoadError, match=expected):
         onnx_predictor.load(ctx(models["linear"], path))
 
 

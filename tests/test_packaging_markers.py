@@ -1,15 +1,20 @@
-"""setup.py's requirements per platform: onnxruntime-gpu only on x86_64 Linux, the [gpu] extra's
-one CUDA major, torch kept out of install_requires (read from setup.py itself, no install)."""
+"""The package's requirements per platform: onnxruntime-gpu only on x86_64 Linux, the [gpu]
+extra's one CUDA major, torch kept out of the dependencies (read from pyproject.toml itself, no
+install)."""
 
 from __future__ import annotations
 
 import os
-import runpy
+import sys
 from typing import Any
 
 import pytest
-import setuptools
 from packaging.requirements import Requirement
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the test extra brings tomli before 3.11
+    import tomli as tomllib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,18 +24,10 @@ MAC_ARM = {"platform_machine": "arm64", "sys_platform": "darwin"}
 
 
 @pytest.fixture(scope="module")
-def setup_args() -> dict[str, Any]:
-    captured: dict[str, Any] = {}
-    original = setuptools.setup
-    setuptools.setup = lambda **kwargs: captured.update(kwargs)  # type: ignore[assignment]
-    try:
-        cwd = os.getcwd()
-        os.chdir(REPO)
-        runpy.run_path(os.path.join(REPO, "setup.py"), run_name="__main__")
-    finally:
-        os.chdir(cwd)
-        setuptools.setup = original  # type: ignore[assignment]
-    return captured
+def project() -> dict[str, Any]:
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        table: dict[str, Any] = tomllib.load(f)["project"]
+    return table
 
 
 def names_for(requirements: list[str], platform: dict[str, str], extra: str = "") -> dict[str, Requirement]:
@@ -44,21 +41,21 @@ def names_for(requirements: list[str], platform: dict[str, str], extra: str = ""
 
 @pytest.mark.parametrize("platform, onnxruntime", [(LINUX_X86, "onnxruntime-gpu"), (LINUX_ARM, "onnxruntime"),
                                                    (MAC_ARM, "onnxruntime")])
-def test_one_onnxruntime_per_platform(setup_args: dict[str, Any], platform: dict[str, str], onnxruntime: str) -> None:
-    names = names_for(setup_args["install_requires"], platform)
+def test_one_onnxruntime_per_platform(project: dict[str, Any], platform: dict[str, str], onnxruntime: str) -> None:
+    names = names_for(project["dependencies"], platform)
     assert {"onnxruntime", "onnxruntime-gpu"} & set(names) == {onnxruntime}
     assert "packaging" in names and "torch" not in names
 
 
-def test_gpu_extra_pins_one_cuda_major(setup_args: dict[str, Any]) -> None:
-    gpu = names_for(setup_args["extras_require"]["gpu"], LINUX_X86, "gpu")
+def test_gpu_extra_pins_one_cuda_major(project: dict[str, Any]) -> None:
+    gpu = names_for(project["optional-dependencies"]["gpu"], LINUX_X86, "gpu")
     ort, tf = gpu["onnxruntime-gpu"], gpu["tensorflow"]
     assert ort.extras == {"cuda", "cudnn"} and tf.extras == {"and-cuda"}
     # onnxruntime-gpu 1.27 moved to CUDA 13; TensorFlow ships CUDA 12 builds only
     assert ort.specifier.contains("1.26.0") and not ort.specifier.contains("1.27.0")
     assert tf.specifier.contains("2.21.0") and not tf.specifier.contains("2.17.0")  # cuDNN 9 from 2.18
-    assert names_for(setup_args["extras_require"]["gpu"], LINUX_ARM, "gpu") == {}
+    assert names_for(project["optional-dependencies"]["gpu"], LINUX_ARM, "gpu") == {}
 
 
-def test_torch_is_an_extra(setup_args: dict[str, Any]) -> None:
-    assert "torch" in names_for(setup_args["extras_require"]["torch"], LINUX_X86, "torch")
+def test_torch_is_an_extra(project: dict[str, Any]) -> None:
+    assert "torch" in names_for(project["optional-dependencies"]["torch"], LINUX_X86, "torch")

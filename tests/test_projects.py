@@ -173,7 +173,8 @@ def test_requirements_env_is_built_once_reused_on_restart_and_rebuilt_when_chang
         assert count(log, "requirements: creating environment") == 1, log
         assert os.stat(env_marker(first_prefix)).st_mtime_ns == marker_mtime
         assert daemon.client().post("/words/words", {"word": "ox"}).json() == {"plural": "oxen", "prefix": first_prefix}
-        print(f"\nfirst start (env build) {first.seconds:.2f} s to live, {first.deploy_seconds:.2f} s to the replica's start; "
+        print(f"\nfirst start (env build) {first.seconds:.2f} s to live, "
+              f"{first.deploy_seconds:.2f} s to the replica's start; "
               f"restart with the cached env {restart.seconds:.2f} s / {restart.deploy_seconds:.2f} s")
 
         # A changed file: reload builds a new env and rolls the API onto it.
@@ -459,7 +460,8 @@ def test_the_cortex_iris_example_serves_unchanged_from_an_s3_compatible_bucket(
     [
         ([], []),
         ([(3, "invalid requirement 'x=1'")], ["requirements.txt:3: invalid requirement 'x=1'"]),
-        ([(0, "cannot read it"), (7, "no such option")], ["requirements.txt: cannot read it", "requirements.txt:7: no such option"]),
+        ([(0, "cannot read it"), (7, "no such option")],
+         ["requirements.txt: cannot read it", "requirements.txt:7: no such option"]),
     ],
 )
 def test_requirements_lines_are_located_like_config_errors(problems: list[tuple[int, str]], lines: list[str]) -> None:

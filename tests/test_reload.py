@@ -92,7 +92,7 @@ class Load:
             r = c.post(path, self.bodies.get(path, {}))
             self.results.append((time.monotonic(), path, r.status, r.body))
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self.threads:
             t.start()
         wait_for(lambda: len(self.results) > 20, 20, what="load to start")
@@ -136,7 +136,8 @@ def test_reload_under_load_changes_only_what_changed_and_fails_nothing(project, 
             new_yaml = new_yaml.replace(
                 "- kind: api\n  name: doomed\n  python:\n    predictor: meta.py\n  metadata:\n    tag: doomed\n"
                 "  compute:\n    cpu: 100m\n", "")
-            new_yaml = new_yaml.replace("    tag: scaled\n  compute:\n", "    tag: scaled\n  compute:\n    min_replicas: 2\n")
+            new_yaml = new_yaml.replace("    tag: scaled\n  compute:\n",
+                                        "    tag: scaled\n  compute:\n    min_replicas: 2\n")
             new_yaml += "- kind: api\n  name: added\n  python:\n    predictor: meta.py\n  metadata:\n    tag: added\n" \
                         "  compute:\n    cpu: 100m\n"
             with open(os.path.join(project, "cortex.yaml"), "w") as f:
@@ -199,7 +200,8 @@ def test_invalid_yaml_and_failing_new_version_keep_the_old_one_serving(project, 
         with Load(d.port, ["/r/edited", "/r/meta"]) as load:
             original = open(os.path.join(project, "cortex.yaml")).read()
             with open(os.path.join(project, "cortex.yaml"), "w") as f:
-                f.write(original.replace("min_replicas: 2", "min_replicas: -2").replace("name: meta", "name: meta\n  bogus: 1"))
+                broken = original.replace("min_replicas: 2", "min_replicas: -2")
+                f.write(broken.replace("name: meta", "name: meta\n  bogus: 1"))
             out = reload(d)
             assert out.returncode == 1
             assert "min_replicas" in out.stdout and "bogus" in out.stdout and "nothing was changed" in out.stdout

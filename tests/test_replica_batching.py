@@ -37,7 +37,7 @@ def handler_for(s: ReplicaSpec) -> tuple[Handler, Any]:
 def send(handle: Handler, bodies: list[Any], queries: list[str] | None = None) -> list[tuple[int, Any]]:
     """One batch frame through the handler; (status, parsed JSON body) per request."""
     raw = [b if isinstance(b, bytes) else json.dumps(b).encode() for b in bodies]
-    frame = batchframe.encode_request([(q, b"", b) for q, b in zip(queries or [""] * len(raw), raw)])
+    frame = batchframe.encode_request([(q, b"", b) for q, b in zip(queries or [""] * len(raw), raw, strict=True)])
     status, answer = handle("POST", batchframe.BATCH_PATH, "", frame)
     assert status == 200, answer
     return [(s, json.loads(b)) for s, b in batchframe.decode_answer(answer, expected=len(raw))]
@@ -215,7 +215,7 @@ def test_onnx_samples_are_stacked_run_once_and_split(onnx_models: dict[str, str]
     assert [s for s, _ in answers] == [200, 200, 200, 400, 400, 200]
     assert "expects float32 of shape [None, 4]; got shape [2]" in answers[3][1]["error"]
     assert "the model's one input is 'input'" in answers[4][1]["error"]
-    for body, (status, answer) in zip(bodies, answers):
+    for body, (status, answer) in zip(bodies, answers, strict=True):
         if status == 200:
             alone = unbatched(onnx_models["linear"], tmp_path, body)
             assert alone[0] == 200 and close(answer, alone[1]), (answer, alone)
@@ -265,7 +265,7 @@ def test_onnx_predictor_class_keeps_one_payload_per_call_and_the_model_runs_once
     answers = send(handle, bodies)
     assert runs == [3]
     assert [s for s, _ in answers] == [200, 200, 400, 200]
-    for body, (status, answer) in zip(bodies, answers):
+    for body, (status, answer) in zip(bodies, answers, strict=True):
         if status == 200:
             alone = unbatched(onnx_models["linear"], tmp_path, body, path)
             assert answer["label"] == alone[1]["label"] and close(answer["top"], alone[1]["top"])
@@ -283,7 +283,7 @@ def test_tensorflow_stacked_gathered_and_refused(tmp_path: Path) -> None:
     answers = send(handle, bodies)
     assert [s for s, _ in answers] == [200, 200, 400, 200]
     alone_handle, _ = handler_for(spec("tensorflow", tmp_path, model=model, size=0))
-    for body, (status, answer) in zip(bodies, answers):
+    for body, (status, answer) in zip(bodies, answers, strict=True):
         if status == 200:
             s, alone = alone_handle("POST", "/predict", "", json.dumps(body).encode())
             assert s == 200 and close(answer, json.loads(alone))
@@ -299,7 +299,7 @@ def test_tensorflow_stacked_gathered_and_refused(tmp_path: Path) -> None:
     handle, predictor = handler_for(spec("tensorflow", tmp_path, path, model))
     answers = send(handle, [[5.1, 3.5, 1.4, 0.2], [6.0, 2.2, 5.0, 1.5]])
     assert [s for s, _ in answers] == [200, 200]
-    for body, (_, answer) in zip([[5.1, 3.5, 1.4, 0.2], [6.0, 2.2, 5.0, 1.5]], answers):
+    for body, (_, answer) in zip([[5.1, 3.5, 1.4, 0.2], [6.0, 2.2, 5.0, 1.5]], answers, strict=True):
         s, alone = alone_handle("POST", "/predict", "", json.dumps(body).encode())
         assert answer["label"] == json.loads(alone)["label"][0]
 

@@ -177,7 +177,9 @@ def test_non_utf8_file_is_line_zero(tmp_path: Path) -> None:
     assert line == 0 and "not UTF-8" in message
 
 
-def test_bom_and_relative_paths_resolve_against_the_files_folder(project: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_bom_and_relative_paths_resolve_against_the_files_folder(
+    project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     path = project / "requirements.txt"
     path.write_bytes("\ufeff-r base.txt\n./localpkg\n".encode())
     elsewhere = tmp_path_factory.mktemp("cwd")

@@ -38,4 +38,8 @@ def test_splitter_table() -> None:
         {"api": "a", "weight": 30, "shadow": False, "status": "live"},
         {"api": "shadow", "weight": 0, "shadow": True, "status": "creating"}]}
     assert format_splitter(view).splitlines() == [
-        "traffic splitter ab at /ab", "api      weight   status", "a        30 %     live", "shadow   shadow   creating"]
+        "traffic splitter ab at /ab",
+        "api      weight   status",
+        "a        30 %     live",
+        "shadow   shadow   creating",
+    ]

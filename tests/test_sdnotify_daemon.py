@@ -16,8 +16,10 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from itertools import pairwise
+from typing import Any
 
 import pytest
 
@@ -85,7 +87,7 @@ class NotifySocket:
         while not self._stop.is_set():
             try:
                 data, ancdata, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(creds))
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -150,7 +152,7 @@ def test_ready_status_watchdog_reloading_and_stopping(tmp_path, short_dir) -> No
         # WATCHDOG=1 every half of WATCHDOG_USEC, from the main loop.
         pings = wait_for(lambda: (w := notify.with_field("WATCHDOG", "1")) and len(w) >= 7 and w, 30, 0.05,
                          what="seven WATCHDOG=1")
-        gaps = [b.at - a.at for (_, a), (_, b) in zip(pings, pings[1:])]
+        gaps = [b.at - a.at for (_, a), (_, b) in pairwise(pings)]
         assert 0.7 <= statistics.median(gaps) <= 1.3, gaps
         # A gap as long as WATCHDOG_USEC would get the service killed by systemd.
         assert max(gaps) < 0.9 * WATCHDOG_USEC / 1e6, gaps
@@ -243,7 +245,7 @@ def test_sigterm_finishes_every_request_in_flight_and_queued(tmp_path, short_dir
         assert results == {n: (200, {"n": n, "hold": gate}) for n in range(5)}
         assert d.proc.wait(60) == 0, d.stderr()
         for pid in pids:
-            wait_for(lambda: not pid_alive(pid), 10, what=f"replica {pid} to exit")
+            wait_for(lambda pid=pid: not pid_alive(pid), 10, what=f"replica {pid} to exit")
         assert not os.path.exists(os.path.join(d.runtime_dir, "control.sock"))
     finally:
         open(os.path.join(short_dir, "release"), "w").close()

@@ -126,7 +126,8 @@ def test_parse_api_keys(text: str, keys: list[str] | None, error: str | None) ->
 
 @pytest.mark.parametrize(
     "presented, ok",
-    [(KEY, True), (OTHER_KEY, True), (None, False), ("", False), (KEY[:-1], False), (KEY + "x", False), (KEY.upper(), False)],
+    [(KEY, True), (OTHER_KEY, True), (None, False), ("", False), (KEY[:-1], False), (KEY + "x", False),
+     (KEY.upper(), False)],
 )
 def test_api_keys_match(presented: str | None, ok: bool) -> None:
     assert ApiKeys.of([KEY, OTHER_KEY]).matches(presented) is ok
@@ -180,7 +181,8 @@ def key_file(tmp_path: Any, text: str, mode: int = 0o640) -> str:
 
 def test_key_file_readable_by_everyone_is_refused(tmp_path: Any) -> None:
     path = key_file(tmp_path, KEY + "\n", 0o644)
-    with pytest.raises(AccessConfigError, match=rf"--api-keys: {path} can be read or written by every user.*chmod o-rwx"):
+    expected = rf"--api-keys: {path} can be read or written by every user.*chmod o-rwx"
+    with pytest.raises(AccessConfigError, match=expected):
         access.load_api_keys(path)
 
 

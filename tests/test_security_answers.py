@@ -18,7 +18,8 @@ import tempfile
 import threading
 import time
 import zipfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -125,7 +126,9 @@ def test_non_json_answers_cross_the_replica_hop() -> None:
 
     async def scenario(sock: str) -> dict[str, tuple[int, bytes]]:
         connections: set[ReplicaProtocol] = set()
-        server = await asyncio.get_running_loop().create_unix_server(lambda: ReplicaProtocol(handler, connections), sock)
+        server = await asyncio.get_running_loop().create_unix_server(
+            lambda: ReplicaProtocol(handler, connections), sock
+        )
         conn = UpstreamConnection(sock)
         try:
             return {path: await conn.request(path, b"{}") for path in answers}
@@ -250,7 +253,8 @@ class Redirector(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
             return
         self.send_response(302)
-        target = {"/to-ftp": "ftp://127.0.0.1/model.onnx", "/to-file": "file:///etc/passwd"}.get(self.path, "/model.onnx")
+        targets = {"/to-ftp": "ftp://127.0.0.1/model.onnx", "/to-file": "file:///etc/passwd"}
+        target = targets.get(self.path, "/model.onnx")
         self.send_header("Location", target)
         self.send_header("Content-Length", "0")
         self.end_headers()

@@ -23,7 +23,8 @@ import sys
 import tempfile
 import threading
 import zipfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -196,7 +197,8 @@ def test_logs_database_and_snapshots_are_private_under_umask_000(tmp_path: Any) 
     try:
         client = daemon.client()
         assert client.post("/sec/answers?debug=true", {"secret": "hunter2"}).status == 200
-        wait_for(lambda: "hunter2" in open(os.path.join(daemon.log_dir, "answers.log")).read(), 10, what="the debug line")
+        log_path = os.path.join(daemon.log_dir, "answers.log")
+        wait_for(lambda: "hunter2" in open(log_path).read(), 10, what="the debug line")
         state, logs = modes(daemon.state_dir), modes(daemon.log_dir)
         assert logs == {"answers.log": 0o640, "lenient.log": 0o640}
         for name in ("tracker.db", "tracker.db-wal", "tracker.db-shm"):
@@ -335,7 +337,8 @@ def test_a_non_root_daemons_default_folders_are_private(tmp_path: Any) -> None:
             os.chmod(folder, 0o755)
             for name in files:
                 os.chmod(os.path.join(folder, name), 0o644)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "CORTEXD_", "STATE_", "RUNTIME_", "LOGS_"))}
+        ours = ("XDG_", "CORTEXD_", "STATE_", "RUNTIME_", "LOGS_")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
         env.update(HOME=home, USER=OTHER_USER, PYTHONPATH=REPO)
         port = free_port()
         proc = subprocess.Popen(
@@ -350,7 +353,8 @@ def test_a_non_root_daemons_default_folders_are_private(tmp_path: Any) -> None:
                      what="the daemon's control socket")
             for folder in (state, os.path.join(state, "run"), os.path.join(state, "log")):
                 st = os.stat(folder)
-                assert st.st_uid == uid and stat.S_IMODE(st.st_mode) & 0o007 == 0, f"{folder}: {stat.S_IMODE(st.st_mode):04o}"
+                mode = stat.S_IMODE(st.st_mode)
+                assert st.st_uid == uid and mode & 0o007 == 0, f"{folder}: {mode:04o}"
             wait_for(lambda: os.path.exists(os.path.join(state, "log", "answers.log")), 60, what="the API's log")
             assert stat.S_IMODE(os.stat(os.path.join(state, "log", "answers.log")).st_mode) == 0o640
             assert stat.S_IMODE(os.stat(os.path.join(state, "tracker.db")).st_mode) == 0o640

@@ -10,7 +10,8 @@ import os
 import stat
 import subprocess
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -117,7 +118,9 @@ def test_a_non_root_users_default_folders_are_made_private(monkeypatch: pytest.M
     monkeypatch.setattr(paths, "_is_root", lambda: False)
     old = os.umask(0o022)
     try:
-        dirs = paths.prepare_daemon_dirs(paths.default_state_dir(), paths.default_runtime_dir(), paths.default_log_dir())
+        dirs = paths.prepare_daemon_dirs(
+            paths.default_state_dir(), paths.default_runtime_dir(), paths.default_log_dir()
+        )
     finally:
         os.umask(old)
     for folder in (dirs.state, dirs.runtime, dirs.log):
@@ -214,7 +217,9 @@ def test_only_abandoned_socket_folders_are_removed(tmp_path: Any) -> None:
         "import sys, time; from cortexd import paths; d = paths.new_replica_socket_dir(sys.argv[1]); "
         "print(d.path, flush=True); time.sleep(60)"
     )
-    holders = [subprocess.Popen([sys.executable, "-c", code, runtime], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    holders = [
+        subprocess.Popen([sys.executable, "-c", code, runtime], stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     try:
         folders = [h.stdout.readline().strip() for h in holders]  # type: ignore[union-attr]
         holders[0].kill()
@@ -228,7 +233,8 @@ def test_only_abandoned_socket_folders_are_removed(tmp_path: Any) -> None:
             h.kill()
             h.wait()
         parent = paths.socket_dir_parent(runtime)
-        paths.remove_stale_socket_dirs(parent, paths.SOCKET_DIR_PREFIX if parent == runtime else paths.TMP_SOCKET_DIR_PREFIX)
+        prefix = paths.SOCKET_DIR_PREFIX if parent == runtime else paths.TMP_SOCKET_DIR_PREFIX
+        paths.remove_stale_socket_dirs(parent, prefix)
     assert not os.path.exists(folders[1])  # its daemon is gone now too
 
 

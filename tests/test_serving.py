@@ -169,7 +169,8 @@ def test_prediction_longer_than_timeout_is_504_and_replica_recovers(daemon: Daem
     assert r.status == 504
     assert time.monotonic() - started < 4.4
     # The replica finishes its request, then serves again.
-    wait_for(lambda: daemon.client().post("/shop/slow", {"sleep": 0}).status == 200, 15, 0.2, what="slow to serve again")
+    wait_for(lambda: daemon.client().post("/shop/slow", {"sleep": 0}).status == 200, 15, 0.2,
+             what="slow to serve again")
 
 
 def test_queue_full_is_503_with_retry_after(daemon: Daemon) -> None:
@@ -319,7 +320,7 @@ def test_sigterm_finishes_requests_in_flight_exits_0_and_leaves_no_replica(tmp_p
     assert result.get("status") == 200
     assert d.proc is not None and d.proc.wait(30) == 0
     for pid in pids:
-        wait_for(lambda: not pid_alive(pid), 10, what=f"replica {pid} to exit")
+        wait_for(lambda pid=pid: not pid_alive(pid), 10, what=f"replica {pid} to exit")
     assert not os.path.exists(os.path.join(d.runtime_dir, "control.sock"))
 
 
@@ -328,7 +329,7 @@ def test_sigkill_of_the_daemon_takes_its_replicas_down(tmp_path) -> None:
     pids = d.replica_pids("echo")
     d.kill()
     for pid in pids:
-        wait_for(lambda: not pid_alive(pid), 10, what=f"replica {pid} to die with the daemon")
+        wait_for(lambda pid=pid: not pid_alive(pid), 10, what=f"replica {pid} to die with the daemon")
 
 
 def test_invalid_config_does_not_start(tmp_path) -> None:

@@ -196,7 +196,9 @@ def test_gc_removes_every_version_not_kept(tmp_path: Path, store: SnapshotStore)
     assert store.versions() == []
 
 
-def test_gc_removes_unused_objects_and_leftovers(tmp_path: Path, store: SnapshotStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gc_removes_unused_objects_and_leftovers(
+    tmp_path: Path, store: SnapshotStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     proj = make_project(tmp_path / "proj")
     monkeypatch.setattr(snapmod, "share_file", lambda s, d: (shutil.copy2(s, d), "copy")[1])
     snap = store.take(str(proj))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -159,7 +159,7 @@ def test_backoff_grows_and_is_capped() -> None:
 def test_repeated_load_failures_put_the_api_in_error_and_keep_retrying(world) -> None:
     sup, spawner, router, clock = world
     sup.deploy(make_api(), version())
-    for attempt in range(LOAD_FAILURES_FOR_ERROR):
+    for _ in range(LOAD_FAILURES_FOR_ERROR):
         sup.reconcile()
         rid = ids(spawner)[-1]
         assert sup.status("iris") == "creating"  # not yet in error: it may still load
@@ -239,7 +239,8 @@ def test_rolling_update_switches_only_when_the_new_version_is_ready(world) -> No
     for rid in old:
         sup.handle(ReplicaReady(rid))
     done: list[tuple[bool, str]] = []
-    sup.deploy(make_api(min_replicas=2, init_replicas=2, max_replicas=2), version(2), lambda ok, m: done.append((ok, m)))
+    sup.deploy(make_api(min_replicas=2, init_replicas=2, max_replicas=2), version(2),
+               lambda ok, m: done.append((ok, m)))
     sup.reconcile()
     new = ids(spawner)[2:]
     assert len(new) == 2 and all(r.version.number == 2 for r in spawner.spawned[2:])

@@ -154,7 +154,9 @@ def test_format_gpus_with_shared_cards_and_frameworks() -> None:
           onnxruntime-gpu 1.26.0: CUDA 12.8, sees 2 GPUs
           torch 2.13.0+cpu: CPU only (built without CUDA)
     """)
-    assert format_gpus([], frameworks[:1]) == "no GPUs found\n\nframeworks:\n  onnxruntime-gpu 1.26.0: CUDA 12.8, sees 2 GPUs"
+    assert format_gpus([], frameworks[:1]) == (
+        "no GPUs found\n\nframeworks:\n  onnxruntime-gpu 1.26.0: CUDA 12.8, sees 2 GPUs"
+    )
 
 
 def test_format_api_with_gpu_shares_and_memory() -> None:

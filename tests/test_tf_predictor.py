@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cortexd.replica import tf_predictor
 from cortexd.protocol import ReplicaSpec
+from cortexd.replica import tf_predictor
 from cortexd.replica.predictors import PayloadError, PredictorLoadError
 from cortexd.replica.tf_predictor import choose_signature, find_saved_model, threads_for
 from cortexd.savedmodel import pick_version
@@ -71,7 +71,8 @@ def test_pick_version(names: list[str], expected: str | None) -> None:
         (["serving_default"], None, "serving_default", None),
         (["serving_default"], "serving_default", "serving_default", None),
         (["add", "classify"], "add", "add", None),
-        (["add", "classify"], None, None, r"m: the model has several signatures \(add, classify\); set tensorflow.signature_key"),
+        (["add", "classify"], None, None,
+         r"m: the model has several signatures \(add, classify\); set tensorflow.signature_key"),
         (["add", "classify"], "predict", None, r"m: signature_key 'predict' not found; the model has: add, classify"),
         ([], None, None, r"m: the SavedModel has no signatures"),
     ],
@@ -114,7 +115,8 @@ def test_find_saved_model_layouts(tmp_path: Any) -> None:
     empty = tmp_path / "empty"
     (empty / "a").mkdir(parents=True)
     (empty / "b").mkdir()
-    with pytest.raises(PredictorLoadError, match=r"empty: no saved_model.pb here nor in a numbered version folder \(found: a, b\)"):
+    expected = r"empty: no saved_model.pb here nor in a numbered version folder \(found: a, b\)"
+    with pytest.raises(PredictorLoadError, match=expected):
         find_saved_model(str(empty))
     with pytest.raises(PredictorLoadError, match="model not found"):
         find_saved_model(str(tmp_path / "missing"))
@@ -216,7 +218,8 @@ def test_zipped_models(tf_models: dict[str, str], which: str, version: int) -> N
 
 @pytest.mark.slow
 def test_several_signatures_need_a_signature_key(tf_models: dict[str, str]) -> None:
-    with pytest.raises(PredictorLoadError, match=r"several signatures \(add, classify, echo\); set tensorflow.signature_key"):
+    expected = r"several signatures \(add, classify, echo\); set tensorflow.signature_key"
+    with pytest.raises(PredictorLoadError, match=expected):
         tf_predictor.load(ctx(tf_models["several"]))
     with pytest.raises(PredictorLoadError, match=r"signature_key 'nope' not found; the model has: add, classify, echo"):
         tf_predictor.load(ctx(tf_models["several"], signature_key="nope"))

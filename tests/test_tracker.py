@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-from cortexd.daemon.observe.tracker import PredictionTracker
-
 from cortexd.config import Tracker
+from cortexd.daemon.observe.tracker import PredictionTracker
 
 
 class FakeClock:

@@ -11,7 +11,8 @@ import asyncio
 import json
 import os
 import tempfile
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -49,7 +50,8 @@ async def replica(path: str, calls: list[Any]) -> tuple[asyncio.AbstractServer, 
     "head, expected",
     [
         (b"POST /predict HTTP/1.1\r\ncontent-length: 12", ("POST", "/predict", "", 12, False)),
-        (b"POST /predict?debug=true HTTP/1.1\r\nContent-Length: 3\r\nHost: x", ("POST", "/predict", "debug=true", 3, False)),
+        (b"POST /predict?debug=true HTTP/1.1\r\nContent-Length: 3\r\nHost: x",
+         ("POST", "/predict", "debug=true", 3, False)),
         (b"GET /info HTTP/1.1", ("GET", "/info", "", 0, False)),
         (b"GET /info HTTP/1.1\r\nConnection: close", ("GET", "/info", "", 0, True)),
         (b"GET /info HTTP/1.0", ("GET", "/info", "", 0, True)),
@@ -91,7 +93,7 @@ def test_requests_share_one_connection_and_keep_their_order() -> None:
         server, connections = await replica(path, calls)
         conn = UpstreamConnection(path)
         for i in range(5):
-            status, payload = await conn.request("/predict?n=%d" % i, b"x" * i)
+            status, payload = await conn.request(f"/predict?n={i}", b"x" * i)
             assert (status, json.loads(payload)) == (200, {"len": i, "query": f"n={i}"})
         assert len(connections) == 1 and [c[3] for c in calls] == [b"x" * i for i in range(5)]
         conn.close()

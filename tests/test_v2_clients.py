@@ -33,7 +33,7 @@ from tests.v2_harness import (
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 tritongrpc = pytest.importorskip("tritonclient.grpc")
-from tritonclient.utils import InferenceServerException
+InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
 
 SAMPLES = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 
@@ -98,7 +98,9 @@ class Served:
         self.loop.stop()
 
 
-@pytest.fixture(scope="module", params=[False, pytest.param(True, marks=pytest.mark.slow)], ids=["in-process", "processes"])
+@pytest.fixture(
+    scope="module", params=[False, pytest.param(True, marks=pytest.mark.slow)], ids=["in-process", "processes"]
+)
 def served(request: pytest.FixtureRequest) -> Iterator[Served]:
     with tempfile.TemporaryDirectory(prefix="cx-v2-") as root:  # short: AF_UNIX paths are limited
         s = Served(root, request.param)

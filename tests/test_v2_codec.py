@@ -82,7 +82,9 @@ def test_requests_built_by_tritonclient_decode(name: str, binary: bool) -> None:
     x = tritonhttp.InferInput("x", list(arr.shape), name).set_data_from_numpy(arr, binary_data=binary)
     # a second input in the other form, so binary and JSON inputs mix in one request
     y = tritonhttp.InferInput("y", [2, 3], "FP32").set_data_from_numpy(other, binary_data=not binary)
-    outputs = [tritonhttp.InferRequestedOutput("a", binary_data=True), tritonhttp.InferRequestedOutput("b", binary_data=False)]
+    outputs = [
+        tritonhttp.InferRequestedOutput("a", binary_data=True), tritonhttp.InferRequestedOutput("b", binary_data=False)
+    ]
     body, hl = tritonhttp.InferenceServerClient.generate_request_body(
         [x, y], outputs=outputs, request_id="req-7", parameters={"temperature": 0.5})
     parsed = parse_request(body, hl)
@@ -170,7 +172,9 @@ def test_responses_parse_with_tritonclient(name: str, binary: bool) -> None:
          "input 's': shape [2] needs 2 BYTES elements, the data holds 1"),
     ],
 )
-def test_malformed_requests_say_what_is_wrong(inputs: Any, binary: tuple[bytes, ...], header_length: int | None, message: str) -> None:
+def test_malformed_requests_say_what_is_wrong(
+    inputs: Any, binary: tuple[bytes, ...], header_length: int | None, message: str
+) -> None:
     if inputs == "not json":
         body, hl = b"{nope", None
     elif isinstance(inputs, list) and inputs and not isinstance(inputs[0], dict):
@@ -206,7 +210,8 @@ def test_malformed_request_fields(extra: dict[str, Any], message: str) -> None:
 def test_header_length_past_the_body_and_deep_json_are_refused() -> None:
     with pytest.raises(V2Error, match="Inference-Header-Content-Length is 99; the body has 2 bytes"):
         parse_request(b"{}", 99)
-    deep = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ' + b"[" * 200 + b"1" + b"]" * 200 + b"}]}"
+    head = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": '
+    deep = head + b"[" * 200 + b"1" + b"]" * 200 + b"}]}"
     with pytest.raises(V2Error, match="nesting is 203 levels deep; the limit is 128"):
         parse_request(deep)
 

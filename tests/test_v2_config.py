@@ -50,7 +50,9 @@ def test_a_python_api_declares_its_tensors(tmp_path: Path) -> None:
     ],
 )
 def test_bad_declarations_are_located(tmp_path: Path, v2: str, message: str) -> None:
-    got = errors(tmp_path, f"  endpoint: /iris\n  compute: {{cpu: 1}}\n  python:\n    predictor: predictor.py\n    v2: {v2}\n")
+    got = errors(
+        tmp_path, f"  endpoint: /iris\n  compute: {{cpu: 1}}\n  python:\n    predictor: predictor.py\n    v2: {v2}\n"
+    )
     assert any(message in e for e in got), got
 
 

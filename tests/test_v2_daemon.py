@@ -18,7 +18,7 @@ from tests.test_v2_clients import PYTHON_PREDICTOR, SAMPLES
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 tritongrpc = pytest.importorskip("tritonclient.grpc")
-from tritonclient.utils import InferenceServerException  # noqa: E402
+InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,9 @@ def test_health_and_metadata(served: Served) -> None:
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 def test_onnx_over_http_equals_the_apis_own_endpoint(served: Served, binary: bool) -> None:
-    inputs = [tritonhttp.InferInput("input", list(SAMPLES.shape), "FP32").set_data_from_numpy(SAMPLES, binary_data=binary)]
+    inputs = [
+        tritonhttp.InferInput("input", list(SAMPLES.shape), "FP32").set_data_from_numpy(SAMPLES, binary_data=binary)
+    ]
     outputs = [tritonhttp.InferRequestedOutput(n, binary_data=binary) for n in ("scores", "label")]
     result = served.http.infer("iris", inputs, outputs=outputs, request_id="r1")
     mine = own(served, "iris", {"input": SAMPLES.tolist()})

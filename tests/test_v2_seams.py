@@ -145,7 +145,9 @@ TYPED: list[tuple[str, str, list[Any], np.ndarray]] = [
 
 
 @pytest.mark.parametrize("datatype, field, values, expected", TYPED, ids=[t[0] for t in TYPED])
-def test_grpc_typed_contents_become_binary_inputs(datatype: str, field: str, values: list[Any], expected: np.ndarray) -> None:
+def test_grpc_typed_contents_become_binary_inputs(
+    datatype: str, field: str, values: list[Any], expected: np.ndarray
+) -> None:
     request = pb.ModelInferRequest(model_name="m", id="r1")
     tensor = request.inputs.add(name="x", datatype=datatype, shape=[2])
     getattr(tensor.contents, field).extend(values)

@@ -160,7 +160,9 @@ class FrontEnds:
         return f"127.0.0.1:{self.grpc_port}"
 
 
-def start_replica_process(spec: ReplicaSpec, socket_path: str, timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], Ready]:
+def start_replica_process(
+    spec: ReplicaSpec, socket_path: str, timeout: float = 60.0
+) -> tuple[subprocess.Popen[bytes], Ready]:
     """A real replica process (python -m cortexd.replica), as the daemon's spawner starts
     one: the spec in an inherited memfd, readiness on a status pipe. Returns once it is ready."""
     spec_fd = protocol.spec_fd(spec)

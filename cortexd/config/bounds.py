@@ -60,6 +60,8 @@ class BoundedLoader(yaml.SafeLoader):
             size = 1
         self._sizes[id(node)] = size
         if size > self._limit:
+            # more than one node: a sequence or a mapping (PyYAML's stubs allow None here)
+            assert node is not None
             raise ExpansionError(size, node.start_mark)
         return node
 

@@ -44,7 +44,9 @@ DIALECTS: dict[str, Dialect] = {d.id: d for d in (V011, SEED, V012, REALTIME)}
 NEWEST = REALTIME   # what `cortexd convert` writes
 
 # Keys whose presence says which dialect an item was written in (by where they appear).
-_REALTIME_ITEM_KEYS = frozenset({"autoscaling", "update_strategy", "networking", "monitoring", "handler", "pod", "apis"})
+_REALTIME_ITEM_KEYS = frozenset({
+    "autoscaling", "update_strategy", "networking", "monitoring", "handler", "pod", "apis",
+})
 _REALTIME_PREDICTOR_KEYS = frozenset({
     "model_path", "models", "processes_per_replica", "threads_per_process", "server_side_batching",
     "multi_model_reloading", "image", "tensorflow_serving_image", "log_level", "shm_size", "dependencies",

@@ -120,12 +120,14 @@ def _load(text: str, path: str) -> ValidationReport:
     try:
         root = src.compose()
     except bounds.ExpansionError as exc:
-        return ValidationReport(path, None, "", [ConfigIssue(path, *_at(syntax_error_mark(exc)), None, "", exc.message())])
+        return ValidationReport(path, None, "", [
+            ConfigIssue(path, *_at(syntax_error_mark(exc)), None, "", exc.message())])
     except yaml.YAMLError as exc:
         return ValidationReport(path, None, "", [
             ConfigIssue(path, *_at(syntax_error_mark(exc)), None, "", syntax_error_message(exc))])
     if root is None:
-        return ValidationReport(path, SEED, "", [ConfigIssue(path, 1, 1, None, "", f"the file is empty; expected {_SHAPE}")])
+        return ValidationReport(path, SEED, "", [
+            ConfigIssue(path, 1, 1, None, "", f"the file is empty; expected {_SHAPE}")])
     detection = detect(root, src)
     if not isinstance(root, yaml.SequenceNode):
         return ValidationReport(path, detection.dialect, detection.evidence, [
@@ -134,7 +136,8 @@ def _load(text: str, path: str) -> ValidationReport:
     if len(resources) > bounds.MAX_APIS:
         extra = resources[bounds.MAX_APIS]
         return ValidationReport(path, detection.dialect, detection.evidence, [ConfigIssue(
-            path, *_at(mark_of(extra)), None, f"[{root.value.index(extra)}]", bounds.too_many_apis_message(len(resources)))])
+            path, *_at(mark_of(extra)), None, f"[{root.value.index(extra)}]",
+            bounds.too_many_apis_message(len(resources)))])
     return _read_dialect(root, src, path, project_dir, detection)
 
 
@@ -147,7 +150,9 @@ def _is_deployment(item: yaml.Node, src: YamlSource) -> bool:
     return kind is not None and scalar_text(kind) == "deployment"
 
 
-def _read_dialect(root: yaml.SequenceNode, src: YamlSource, path: str, project_dir: str, detection: Detection) -> ValidationReport:
+def _read_dialect(
+    root: yaml.SequenceNode, src: YamlSource, path: str, project_dir: str, detection: Detection
+) -> ValidationReport:
     issues: list[ConfigIssue] = []
     notes: list[ConfigIssue] = []
     dialect = detection.dialect

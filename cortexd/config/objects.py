@@ -10,15 +10,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# How the replica calls the user's code (Api.call): defined with the replica's side of it.
-from cortexd.callconv import (  # noqa: F401 (re-exported for the config's users)
-    CALL_CLASS,
-    CALL_CLASS_KWARGS,
-    CALL_HANDLER,
-    CALL_MODULE,
-    CALL_V011,
-    CALLS,
-)
+# How the replica calls the user's code (Api.call): defined with the replica's side of it,
+# re-exported (`X as X`) for the config's users.
+from cortexd.callconv import CALL_CLASS as CALL_CLASS
+from cortexd.callconv import CALL_CLASS_KWARGS as CALL_CLASS_KWARGS
+from cortexd.callconv import CALL_HANDLER as CALL_HANDLER
+from cortexd.callconv import CALL_MODULE as CALL_MODULE
+from cortexd.callconv import CALL_V011 as CALL_V011
+from cortexd.callconv import CALLS as CALLS
 from cortexd.config.schema import COMPUTE_KEYS, default_of
 
 

@@ -30,7 +30,7 @@ class ApiReader:
     dialect: str
     api_keys: tuple[Key, ...]
     # (the API's section, the deployment's name or None when it has none, scope) -> draft
-    build: Callable[[Section, "str | None", Scope], ApiDraft]
+    build: Callable[[Section, str | None, Scope], ApiDraft]
     homes: dict[str, list[str]]
 
 
@@ -120,7 +120,9 @@ def _check_reserved_deployment(
         ))
 
 
-def check_unique(drafts: list[tuple[ApiDraft, bool]], file: str, issues: list[ConfigIssue], what: str = "API") -> set[int]:
+def check_unique(
+    drafts: list[tuple[ApiDraft, bool]], file: str, issues: list[ConfigIssue], what: str = "API"
+) -> set[int]:
     """Report duplicate names and endpoints; the indexes of drafts that collide.
 
     The bool of each draft says its endpoint is the default one (then the error points at the

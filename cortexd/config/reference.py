@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from cortexd.config import bounds
 from cortexd.config.dialects import REALTIME, SEED, V011, V012, Dialect
-from cortexd.config.schema import DEPLOYMENT_KEYS, TYPE_DOCS, render_reference
 from cortexd.config.schema import API_KEYS as SEED_API_KEYS
+from cortexd.config.schema import DEPLOYMENT_KEYS, TYPE_DOCS, Key, render_reference
 from cortexd.config.schema_old import V011_RESOURCES, V012_API_KEYS
 from cortexd.config.schema_realtime import REFUSED_KINDS
 from cortexd.config.schema_realtime import RESOURCES as REALTIME_RESOURCES
+
 
 def _cell(text: str) -> str:
     """A table cell's text: pipes escaped, or the table splits there."""
@@ -43,16 +44,18 @@ each key shows its type, what it is, its default or that it is required, and its
 | written | means |
 |---|---|
 | `{_cell(TYPE_DOCS["cpu"])}` | cores: `1`, `0.5`, `"200m"` (milli-cores) |
-| `{_cell(TYPE_DOCS["mem"])}` | bytes: `134217728`, `"129e6"`, `"512Mi"`, `"1G"` (K M G T P E powers of 1000, Ki Mi Gi ... of 1024) |
+| `{_cell(TYPE_DOCS["mem"])}` | bytes: `134217728`, `"129e6"`, `"512Mi"`, `"1G"` \
+(K M G T P E powers of 1000, Ki Mi Gi ... of 1024) |
 | `{TYPE_DOCS["duration"]}` | Go's syntax, as Cortex read it: `60s`, `5m`, `1m30s`, `250ms` |
-| `{_cell(TYPE_DOCS["surge"])}` (update_strategy) | a number of replicas (`1`) or a share of the desired replicas (`"25%"`) |
+| `{_cell(TYPE_DOCS["surge"])}` (update_strategy) | \
+a number of replicas (`1`) or a share of the desired replicas (`"25%"`) |
 
 `compute.mem` is a request (admission: a replica starts only where that much memory is
 free), as in Cortex; a replica may use more. The hard limit is cortexd's `compute.mem_limit`:
 a replica above it is stopped and the API shows `error (out of memory)`.
 """
 
-_DIALECTS: list[tuple[Dialect, str, tuple]] = [  # type: ignore[type-arg]
+_DIALECTS: list[tuple[Dialect, str, tuple[tuple[Key, ...], ...]]] = [
     (V011, "A deployment and APIs. A Python API names its file in `predictor.path`; ONNX and TensorFlow "
            "APIs give `model` and an optional `request_handler`. Default endpoint `/<deployment>/<api>`; "
            "autoscaling on CPU.", V011_RESOURCES),

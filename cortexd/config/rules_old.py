@@ -136,7 +136,8 @@ def build_v012(section: Section, deployment: str | None, scope: Scope) -> ApiDra
     compute_section: Section | None = section.get("compute")
     strategy: UpdateStrategy | None = None
     strategy_ok = True
-    if deployment == "" or (compute_section is not None and {"max_surge", "max_unavailable"} & compute_section.given.keys()):
+    surge_keys = {"max_surge", "max_unavailable"}
+    if deployment == "" or (compute_section is not None and surge_keys & compute_section.given.keys()):
         strategy = update_strategy_of(compute_section, "compute.", scope)   # v0.13 had one, 25%/25% by default
         strategy_ok = strategy is not None
     api: Api | None = None

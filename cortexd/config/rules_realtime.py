@@ -3,7 +3,9 @@ those releases checked between keys (Cortex's own validations, in cortexd's word
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from cortexd.config.checks import batching_problem
 from cortexd.config.errors import ConfigIssue
 from cortexd.config.objects import (
     CALL_CLASS,
@@ -16,9 +18,9 @@ from cortexd.config.objects import (
     Batching,
     Compute,
     PredictorSpec,
+    Tracker,
     TrafficSplit,
     TrafficSplitter,
-    Tracker,
 )
 from cortexd.config.rules import (
     ApiDraft,
@@ -31,10 +33,9 @@ from cortexd.config.rules import (
     tracker_of,
     v2_declaration,
 )
-from cortexd.config.checks import batching_problem
 from cortexd.config.rules_old import env_of, signature_ok, typed_model, update_strategy_of
 from cortexd.config.schema import COMPUTE_KEYS as COMPUTE_KEYS_SEED
-from cortexd.config.schema import default_of, keys_by_name
+from cortexd.config.schema import Key, default_of, keys_by_name
 from cortexd.config.schema_realtime import API_KEYS, AUTOSCALING_KEYS, COMPUTE_KEYS
 from cortexd.config.walk import Entry, Scope, Section
 from cortexd.config.yamlsrc import Mark
@@ -43,7 +44,7 @@ _KEYS = keys_by_name(API_KEYS)
 _TICK_S = 10.0   # Cortex measured in-flight requests every 10 seconds; windows are multiples of it
 
 
-def _default(keys: tuple, name: str, section: Section | None):  # type: ignore[no-untyped-def]
+def _default(keys: tuple[Key, ...], name: str, section: Section | None) -> Any:
     return default_of(keys, name) if section is None else section.get(name, default_of(keys, name))
 
 
@@ -52,7 +53,8 @@ def _one(section: Section, names: tuple[str, str], scope: Scope, path: str = "")
     given = [n for n in names if section.has_value(n)]
     if len(given) == 2:
         scope.add(section.key_mark(given[1]), path + given[1],
-                  f"{path}{given[0]} is given too (line {section.key_mark(given[0]).line}); they mean the same, keep one")
+                  f"{path}{given[0]} is given too (line {section.key_mark(given[0]).line}); "
+                  "they mean the same, keep one")
         return "!"
     return given[0] if given else None
 
@@ -125,7 +127,8 @@ def _one_signature(ps: Section, models: Section, path: str, scope: Scope) -> str
         scope.add(models.key_mark("signature_key"), path + "models.signature_key",
                   f"signature_key is given too (line {ps.key_mark('signature_key').line}); keep one")
         return "!"
-    return models.get("signature_key") or ps.get("signature_key")
+    signature_key: str | None = models.get("signature_key") or ps.get("signature_key")
+    return signature_key
 
 
 def _parallelism(ps: Section, auto: Section | None, path: str, scope: Scope) -> tuple[int, int] | None:
@@ -167,7 +170,8 @@ def _autoscaling(auto: Section | None, concurrency: int, scope: Scope) -> Autosc
     most = _default(AUTOSCALING_KEYS, "max_replica_concurrency", auto)
     window = _default(AUTOSCALING_KEYS, "window", auto)
     if auto is not None and target > most:
-        where = "target_replica_concurrency" if auto.has_value("target_replica_concurrency") else "max_replica_concurrency"
+        where = ("target_replica_concurrency" if auto.has_value("target_replica_concurrency")
+                 else "max_replica_concurrency")
         scope.add(auto.key_mark(where), f"autoscaling.{where}",
                   f"target_replica_concurrency ({target:g}) must be <= max_replica_concurrency ({most})")
         return None
@@ -201,7 +205,9 @@ def _compute(section: Section, counts: tuple[int, int, int], scope: Scope, cpu_t
     low, high, init = counts
     return Compute(
         min_replicas=low, max_replicas=high, init_replicas=init,
-        target_cpu_utilization=cpu_target if cpu_target is not None else default_of(COMPUTE_KEYS_SEED, "target_cpu_utilization"),
+        target_cpu_utilization=(
+            cpu_target if cpu_target is not None else default_of(COMPUTE_KEYS_SEED, "target_cpu_utilization")
+        ),
         cpu=_default(COMPUTE_KEYS, "cpu", compute), gpu=_default(COMPUTE_KEYS, "gpu", compute),
         mem=_default(COMPUTE_KEYS, "mem", compute), mem_limit=_default(COMPUTE_KEYS, "mem_limit", compute),
         gpu_mem=_default(COMPUTE_KEYS, "gpu_mem", compute),
@@ -277,7 +283,8 @@ def build_realtime(section: Section, deployment: str | None, scope: Scope) -> Ap
         python_path = ps.get("python_path") or scope.project_dir
         ready = (model_ok and sig_ok and env is not None and parallel and autoscaling and batch_ok and tracker_ok
                  and v2_ok)
-        if ready and file_ok and name and endpoint and endpoint_ok and compute and strategy and "interface" not in ps.invalid:
+        if (ready and file_ok and name and endpoint and endpoint_ok and compute and strategy
+                and "interface" not in ps.invalid):
             assert env is not None and parallel is not None
             api = Api(
                 name=name,
@@ -326,7 +333,8 @@ def build_splitter(section: Section, scope: Scope) -> tuple[ApiDraft, SplitterDr
     for split in splits:
         target = split.get("name")
         if target in seen:
-            scope.add(split.key_mark("name"), "apis", f'api "{target}" is listed twice (first at line {seen[target].line})')
+            scope.add(split.key_mark("name"), "apis",
+                      f'api "{target}" is listed twice (first at line {seen[target].line})')
             ok = False
         elif target:
             seen[target] = split.key_mark("name")
@@ -337,7 +345,8 @@ def build_splitter(section: Section, scope: Scope) -> tuple[ApiDraft, SplitterDr
         ok = False
     total = sum(s.get("weight", 0) for s in splits if not s.get("shadow", False))
     if ok and splits and total != 100:
-        scope.add(section.key_mark("apis"), "apis", f"the weights of the APIs (shadows aside) must sum to 100; they sum to {total}")
+        scope.add(section.key_mark("apis"), "apis",
+                  f"the weights of the APIs (shadows aside) must sum to 100; they sum to {total}")
         ok = False
     splitter = None
     if ok and name and endpoint and endpoint_ok:
@@ -357,6 +366,8 @@ def check_targets(drafts: list[SplitterDraft], apis: set[str], splitters: set[st
                 continue
             why = ("is a TrafficSplitter; a splitter sends to APIs" if target in splitters
                    else "is not an API of this file")
-            issues.append(ConfigIssue(file, mark.line, mark.column, draft.api, draft.prefix + "apis", f'"{target}" {why}'))
+            issues.append(
+                ConfigIssue(file, mark.line, mark.column, draft.api, draft.prefix + "apis", f'"{target}" {why}')
+            )
             bad.add(index)
     return bad

@@ -143,7 +143,8 @@ COMPUTE_KEYS: tuple[Key, ...] = (
         default=80, minimum=1, maximum=100),
     Key("cpu", "cpu", "CPU request per replica in cores (\"1\", 0.5, \"500m\")", default=0.2, default_doc="200m"),
     GPU_KEY,
-    Key("mem", "mem", "memory request per replica, for admission; a replica may use more (\"1G\", \"512Mi\", \"129e6\")",
+    Key("mem", "mem",
+        "memory request per replica, for admission; a replica may use more (\"1G\", \"512Mi\", \"129e6\")",
         default=None, default_doc="none"),
     MEM_LIMIT_KEY,
     GPU_MEM_KEY,
@@ -241,7 +242,8 @@ def key_comment(key: Key) -> str:
     notes = [key.help]
     if key.required:
         notes.append("required")
-    elif key.type not in ("section", "map", "strmap", "list") and (key.default is not None or key.default_doc is not None):
+    elif (key.type not in ("section", "map", "strmap", "list")
+          and (key.default is not None or key.default_doc is not None)):
         notes.append(f"default: {_default_text(key)}")
     if key.choices and key.name != "kind":
         notes.append("one of: " + ", ".join(key.choices))

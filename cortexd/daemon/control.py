@@ -14,13 +14,14 @@ import json
 import logging
 import os
 import socket
-from typing import Any, AsyncIterator, Awaitable, Callable, Union
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from cortexd.commands import BY_NAME
 
 log = logging.getLogger("cortexd.control")
 
-Result = Union[dict[str, Any], AsyncIterator[str]]
+Result = dict[str, Any] | AsyncIterator[str]
 Handler = Callable[[dict[str, Any]], Awaitable[Result]]
 
 MAX_REQUEST = 64 * 1024 * 1024  # `cortexd predict` sends its sample through here

@@ -8,12 +8,14 @@ import asyncio
 import base64
 import os
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from cortexd.daemon.control import ControlError
 from cortexd.daemon.deploy.reloader import ReloadReport
 from cortexd.daemon.fleet.compute import ComputeManager
+from cortexd.daemon.fleet.snapshot import ApiSnapshot, Fleet
 from cortexd.daemon.fleet.supervisor import Supervisor
 from cortexd.daemon.observe import views
 from cortexd.daemon.observe.api_logs import log_path, read_tail
@@ -108,14 +110,14 @@ class Handlers:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _view(self, snap: views.ApiSnapshot, usage: dict[str, views.Usage]) -> dict[str, Any]:
+    def _view(self, snap: ApiSnapshot, usage: dict[str, views.Usage]) -> dict[str, Any]:
         view = views.api_view(snap, usage, self.s.proxy.queue_counts(snap.name), self.s.stats.get(snap.name),
                               self.s.tracker.summary(snap.name), self.s.compute.replica_gpu)
         view["batching"] = views.batching_view(snap, self.s.batches.get(snap.name), time.monotonic())
         return view
 
     @staticmethod
-    def _known(name: str, fleet: views.Fleet) -> str:
+    def _known(name: str, fleet: Fleet) -> str:
         if name not in fleet:
             raise ControlError(f"no API named {name!r}; APIs: {', '.join(fleet) or 'none'}")
         return name

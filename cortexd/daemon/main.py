@@ -18,6 +18,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,12 +45,12 @@ from cortexd.daemon.observe.latency import LatencyStats
 from cortexd.daemon.observe.metrics import Metrics
 from cortexd.daemon.observe.tracker import open_tracker
 from cortexd.daemon.pump import STALL_S, EventPump
+from cortexd.daemon.serving.access import Access, AccessConfigError, AccessSettings, tls_context
 from cortexd.daemon.serving.app import ConnectionLimits, build_app, guarded_protocol
-from cortexd.daemon.serving.v2_backend import ApiKeyInterceptor, DaemonV2Backend
 from cortexd.daemon.serving.proxy import Proxy, ProxySettings
+from cortexd.daemon.serving.v2_backend import ApiKeyInterceptor, DaemonV2Backend
 from cortexd.daemon.settings import DaemonSettings
 from cortexd.daemon.systemd import Notifier
-from cortexd.daemon.serving.access import Access, AccessConfigError, AccessSettings, tls_context
 from cortexd.models import ArchiveLimits
 from cortexd.paths import control_socket, prepare_daemon_dirs
 from cortexd.safefs import UnsafePath
@@ -117,7 +118,8 @@ class Daemon:
         )
         self.handlers = Handlers(Sources(
             supervisor=self.supervisor, proxy=self.proxy, compute=self.compute, tracker=self.tracker,
-            metrics=self.metrics, stats=self.stats, batches=self.batches, usage=lambda: self.usage, loop_age=self.pump.loop_age,
+            metrics=self.metrics, stats=self.stats, batches=self.batches, usage=lambda: self.usage,
+            loop_age=self.pump.loop_age,
             loop_errors=lambda: self.pump.errors, warnings=lambda: list(self.tracker.warnings),
             reload=self.reload, log_dir=settings.log_dir, stopping=self.stop_requested,
             frameworks=self._frameworks,
@@ -137,7 +139,7 @@ class Daemon:
     def _replica_output(self, api: str, replica_id: str, line: str) -> None:
         self.logs.write(api, replica_id, line)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -211,7 +213,9 @@ class Daemon:
         # the control socket opens, so `cortexd get` never sees a daemon without its APIs.
         await self.reloader.apply(config, [], wait=False)
         try:
-            control = await start_control_server(control_socket(self.settings.runtime_dir), bind_handlers(self.handlers))
+            control = await start_control_server(
+                control_socket(self.settings.runtime_dir), bind_handlers(self.handlers)
+            )
         except ControlSocketBusy as exc:
             print(f"cortexd: {exc}", file=sys.stderr)
             server.close()

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 from cortexd.daemon.deploy.blocking import run_blocking
 from cortexd.daemon.fleet.events import Event, ReplicaExited
@@ -29,7 +30,7 @@ TICK_S = 1.0
 STALL_S = 10.0  # /healthz fails when the loop has not gone round for this long
 
 Job = Callable[[], None]
-Item = Union[Event, Job]
+Item = Event | Job
 
 
 class EventPump:

@@ -25,22 +25,23 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from cortexd import batchframe
 from cortexd.batchframe import FrameError, Item
 from cortexd.protocol import ReplicaSpec
 from cortexd.replica.bodies import BodyError, encode_prediction, parse_body
-from cortexd.replica.predictors import PayloadError, Predictor, PredictorLoadError
 from cortexd.replica.gather import Gatherer, GatheringClient
 from cortexd.replica.jsonable import to_jsonable
+from cortexd.replica.predictors import PayloadError, Predictor, PredictorLoadError
 from cortexd.replica.stacking import StackedModel, run_stacked
 
 DEBUG_TRUNCATE = 2000
 
 # payloads -> one outcome per payload: the prediction, or the exception it failed with
 Runner = Callable[[list[Any]], list[Any]]
+_P = TypeVar("_P")  # a predictor, marked and handed back as it came
 
 
 def _log(message: str) -> None:
@@ -111,7 +112,7 @@ def stacked_runner(model: StackedModel, format_outputs: Callable[[dict[str, Any]
                 where.append(i)
             except BaseException as exc:  # PayloadError: this request's 400
                 outcomes[i] = exc
-        for i, outcome in zip(where, run_stacked(model, feeds)):
+        for i, outcome in zip(where, run_stacked(model, feeds), strict=True):
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, PayloadError):
                     _log(f"prediction failed: {type(outcome).__name__}: {outcome}")
@@ -123,7 +124,7 @@ def stacked_runner(model: StackedModel, format_outputs: Callable[[dict[str, Any]
     return run
 
 
-def gather_runner(gatherer: Any, predict: Callable[[Any], Any]) -> Runner:
+def gather_runner(gatherer: Gatherer, predict: Callable[[Any], Any]) -> Runner:
     def run(payloads: list[Any]) -> list[Any]:
         outcomes = gatherer.run_batch(predict, payloads)
         for outcome in outcomes:
@@ -169,10 +170,10 @@ class BatchHandler:
             if "debug=true" in item.query:
                 _log(f"debug: sample: {_truncate(item.body.decode('utf-8', 'replace'))}")
         if payloads:
-            for i, outcome in zip(where, self._runner(payloads)):
-                answers[i] = _answer(outcome)
+            for i, outcome in zip(where, self._runner(payloads), strict=True):
+                answer = answers[i] = _answer(outcome)
                 if "debug=true" in items[i].query:
-                    status, body = answers[i]  # type: ignore[misc]
+                    status, body = answer
                     what = "prediction" if status == 200 else f"answer {status}"
                     _log(f"debug: {what}: {_truncate(body.decode('utf-8', 'replace'))}")
         return [a if a is not None else _error(500, "no answer") for a in answers]
@@ -211,10 +212,11 @@ def require_batchable(spec: ReplicaSpec, problem: Callable[[], str | None]) -> N
             raise PredictorLoadError(f"api {spec.api_name}: {reason}")
 
 
-def mark_stacked(predictor: Any, client: Any, spec: ReplicaSpec) -> Any:
+def mark_stacked(predictor: _P, client: Any, spec: ReplicaSpec) -> _P:
     """A model served without a predictor class: batches are stacked through `client`."""
     if spec.max_batch_size >= 1:
-        predictor.stacked_model = client
+        marked: Any = predictor  # a mark that for_replica reads with getattr, not a declared attribute
+        marked.stacked_model = client
     return predictor
 
 
@@ -228,9 +230,10 @@ def model_client_for(client: Any, spec: ReplicaSpec) -> tuple[Any, Gatherer | No
     return GatheringClient(client, gatherer, client.format_outputs), gatherer
 
 
-def mark_gathered(predictor: Any, gatherer: Gatherer | None) -> Any:
+def mark_gathered(predictor: _P, gatherer: Gatherer | None) -> _P:
     if gatherer is not None:
-        predictor.gatherer = gatherer
+        marked: Any = predictor  # as in mark_stacked
+        marked.gatherer = gatherer
     return predictor
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any, Union
 
 import numpy as np
@@ -47,7 +48,9 @@ def json_depth(body: bytes) -> int:
 
 
 try:  # installed with Sanic; parses a request body several times faster than json
-    from ujson import loads as _fast_loads
+    import ujson
+
+    _fast_loads: Callable[[bytes], Any] | None = ujson.loads
 except ImportError:  # pragma: no cover
     _fast_loads = None
 

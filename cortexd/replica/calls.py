@@ -25,7 +25,7 @@ from cortexd.replica.predictors import PredictorLoadError
 REQUEST_ARGS: tuple[str, ...] = ("payload", "query_params", "headers")
 
 
-class QueryParams(dict):  # type: ignore[type-arg]
+class QueryParams(dict[str, str]):
     """The query string as Starlette's QueryParams reads: [key] is the last value, getlist all."""
 
     def __init__(self, query: str = "") -> None:
@@ -40,7 +40,7 @@ class QueryParams(dict):  # type: ignore[type-arg]
         return list(self._pairs)
 
 
-class Headers(dict):  # type: ignore[type-arg]
+class Headers(dict[str, str]):
     """Request headers as Starlette's Headers reads them: names are case-insensitive."""
 
     def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
@@ -54,7 +54,7 @@ class Headers(dict):  # type: ignore[type-arg]
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and super().__contains__(key.lower())
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         return super().get(key.lower(), default)
 
     def getlist(self, key: str) -> list[str]:
@@ -132,6 +132,7 @@ class RequestPredictor:
         self.wants = (frozenset(params) | frozenset(self._after_params)) - {"payload", "response"}
         self._callbacks = callbacks              # handle_post may return (result, callback) (v0.34+)
         self._background: ThreadPoolExecutor | None = None
+        self.client: Any = None  # the model client of an ONNX/TensorFlow API, as UserPredictor.client
 
     def predict(self, payload: Any) -> Any:
         return self.predict_request(payload, "", None)

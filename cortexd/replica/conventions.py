@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import inspect
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cortexd.callconv import CALL_CLASS, CALL_HANDLER
 from cortexd.protocol import ReplicaSpec
 from cortexd.replica.calls import RequestPredictor, construct, request_params
 from cortexd.replica.predictors import PredictorLoadError, UserPredictor, construct_user_class
 
-CLASS_NAMES: dict[str, str] = {"python": "PythonPredictor", "tensorflow": "TensorFlowPredictor", "onnx": "ONNXPredictor"}
+CLASS_NAMES: dict[str, str] = {
+    "python": "PythonPredictor", "tensorflow": "TensorFlowPredictor", "onnx": "ONNXPredictor",
+}
 _CLIENT_ARGS: dict[str, tuple[str, ...]] = {"python": (), "tensorflow": ("tensorflow_client", "tf_client"),
                                             "onnx": ("onnx_client",)}
 
@@ -42,15 +45,15 @@ def _expected_class(module: types.ModuleType, name: str, method: str, where: str
     hint = ""
     if others:
         hint = f" (it has {others[0]}"
-        hint += ": a Handler is written under `handler:`, the others under `predictor:`)" if "Handler" in (name, others[0]) \
-            else ": check the predictor's type)"
+        hint += (": a Handler is written under `handler:`, the others under `predictor:`)"
+                 if "Handler" in (name, others[0]) else ": check the predictor's type)")
     elif callable(getattr(module, "predict", None)):
         hint = " (it has a predict function: that is Cortex v0.11's interface, whose cortex.yaml has a deployment)"
     raise PredictorLoadError(f"{where}: expected a class {name} with a {method} method; no class {name} found{hint}")
 
 
 def user_class(module: types.ModuleType, ctx: ReplicaSpec, clients: dict[str, Any],
-               describe: Callable[[], dict[str, Any]]) -> Any:
+               describe: Callable[[], dict[str, Any]]) -> UserPredictor | RequestPredictor:
     """The user's predictor instance, wrapped to be called as its release called it."""
     where = getattr(module, "__file__", None) or ctx.predictor_path or "?"
     handler = ctx.call == CALL_HANDLER

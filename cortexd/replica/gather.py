@@ -21,8 +21,9 @@ the model directly.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 from cortexd.replica.stacking import Arrays, Feeds, StackedModel, run_stacked
 
@@ -79,7 +80,7 @@ class Gatherer:
                 calls, batch.pending = batch.pending, []
             results = run_stacked(self._model, [c.feeds for c in calls])  # outside the lock
             with cond:
-                for call, result in zip(calls, results):
+                for call, result in zip(calls, results, strict=True):
                     call.result, call.done = result, True
                 cond.notify_all()
         outcomes: list[Any] = []

@@ -12,7 +12,8 @@ raises `InputMismatch` saying what did not fit. The ONNX and TensorFlow clients 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 _PLAIN = (str, int, float, bool, type(None))
 _KEY_TYPES = (str, int, float, bool, type(None))
@@ -154,7 +155,7 @@ def to_array(name: str, value: Any, dtype: Any, shape: Sequence[int | None] | No
 
 
 def _dims_fit(got: Sequence[int], want: Sequence[int | None]) -> bool:
-    return len(got) == len(want) and all(w is None or w == g for g, w in zip(got, want))
+    return len(got) == len(want) and all(w is None or w == g for g, w in zip(got, want, strict=True))
 
 
 def _dtype_name(dtype: Any) -> str:

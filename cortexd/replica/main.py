@@ -23,12 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cortexd import batchframe, protocol
+from cortexd.callconv import CALL_CLASS_KWARGS, CALL_HANDLER
 from cortexd.daemon.serving.access import debug_requested
+from cortexd.protocol import LoadFailed, Ready, ReplicaSpec, StatusMessage, encode_status, read_spec_fd
 from cortexd.replica import batching
 from cortexd.replica.bodies import BodyError, PredictionError, encode_prediction, parse_body, render_prediction
-from cortexd.protocol import LoadFailed, Ready, ReplicaSpec, StatusMessage, encode_status, read_spec_fd
 from cortexd.replica.calls import error_status
-from cortexd.callconv import CALL_CLASS_KWARGS, CALL_HANDLER
 from cortexd.replica.packages import missing_package_hint
 from cortexd.replica.payloads import header, payload_of
 from cortexd.replica.predictors import PayloadError, Predictor, PredictorLoadError, load_predictor
@@ -110,9 +110,12 @@ def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = No
                 return error(500, str(exc))
             except BaseException as exc:  # a result too deep to encode raises RecursionError
                 _log(f"prediction failed: {type(exc).__name__}: {exc}")
-                return error(500, f"prediction failed: the result cannot be encoded as JSON: {type(exc).__name__}: {exc}")
+                return error(
+                    500, f"prediction failed: the result cannot be encoded as JSON: {type(exc).__name__}: {exc}"
+                )
             if debug:
-                shown = answer[1].decode("utf-8", "replace") if len(answer) == 2 else f"{type(result).__name__} of {len(answer[1])} bytes"
+                shown = (answer[1].decode("utf-8", "replace") if len(answer) == 2
+                         else f"{type(result).__name__} of {len(answer[1])} bytes")
                 _log(f"debug: prediction: {_truncate(shown)}")
             return answer
         if path == batchframe.BATCH_PATH and method == "POST" and batch is not None:

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from cortexd import model_shapes
-from cortexd.models import ModelFetchError, unpack_local_zip
-from cortexd.replica import batching
-from cortexd.replica.jsonable import InputMismatch, describe_shape, name_mismatch, to_array, to_jsonable
-from cortexd.protocol import ReplicaSpec
 from cortexd.callconv import CALL_MODULE
+from cortexd.models import ModelFetchError, unpack_local_zip
+from cortexd.protocol import ReplicaSpec
+from cortexd.replica import batching
 from cortexd.replica.conventions import user_class
+from cortexd.replica.jsonable import InputMismatch, describe_shape, name_mismatch, to_array, to_jsonable
 from cortexd.replica.predictors import (
     PayloadError,
     Predictor,
@@ -172,7 +172,8 @@ class ONNXClient:
     def predict(self, payload: Any) -> list[Any]:
         feeds = self.to_inputs(payload)
         try:
-            return self.session.run(None, feeds)
+            outputs: list[Any] = self.session.run(None, feeds)  # one array per output, in order
+            return outputs
         except self._invalid_argument as exc:
             # the inputs passed our checks but not the model's own (e.g. a dimension that a
             # later node fixes): still the payload's fault, so a 400
@@ -183,7 +184,7 @@ class ONNXClient:
     def run_arrays(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """session.run on ready inputs; the outputs by name."""
         try:
-            return dict(zip(self.output_names, self.session.run(None, feeds)))
+            return dict(zip(self.output_names, self.session.run(None, feeds), strict=True))
         except self._invalid_argument as exc:
             raise PayloadError(f"the model rejected the inputs: {exc}") from None
 
@@ -259,7 +260,7 @@ class _OutputsByName:
         self._names = client.output_names
 
     def predict(self, payload: Any) -> Any:
-        return {n: to_jsonable(v) for n, v in zip(self._names, self.client.predict(payload))}
+        return {n: to_jsonable(v) for n, v in zip(self._names, self.client.predict(payload), strict=True)}
 
     def describe(self) -> dict[str, Any]:
         return self.client.describe()

@@ -92,7 +92,8 @@ def _param(params: str, name: str) -> str | None:
 
 
 def _multipart(body: bytes, content_type: str) -> FormData:
-    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
     if not message.is_multipart():
         raise BodyError("the multipart/form-data body has no parts (is its boundary right?)")
     items: list[tuple[str, Any]] = []
@@ -100,7 +101,8 @@ def _multipart(body: bytes, content_type: str) -> FormData:
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str):
             continue
-        data = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)  # bytes; None for a part that is itself multipart
+        data = payload if isinstance(payload, bytes) else b""
         filename = part.get_filename()
         if filename is not None:
             items.append((name, UploadFile(filename, part.get_content_type(), io.BytesIO(data))))

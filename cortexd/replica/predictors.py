@@ -17,7 +17,8 @@ import inspect
 import os
 import sys
 import types
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from cortexd.callconv import CALL_MODULE, CALL_V011
 from cortexd.protocol import ReplicaSpec
@@ -173,7 +174,9 @@ def load_python_predictor(ctx: ReplicaSpec) -> Predictor:
             "or a class PythonPredictor with __init__(self, config) and predict(self, payload)"
         )
     if not _accepts(predict, 2):
-        raise PredictorLoadError(f"{path}: expected predict(sample, metadata); found predict{inspect.signature(predict)}")
+        raise PredictorLoadError(
+            f"{path}: expected predict(sample, metadata); found predict{inspect.signature(predict)}"
+        )
     init = getattr(module, "init", None)
     if init is not None:
         if not callable(init) or not _accepts(init, 1):

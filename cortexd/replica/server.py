@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from concurrent.futures import Executor
 from http import HTTPStatus
-from typing import Callable
+from typing import cast
 
 from cortexd.protocol import header_value
 
@@ -54,7 +55,7 @@ class RequestError(Exception):
     """The bytes on the connection are not a request this server accepts."""
 
 
-def parse_head(head: bytes) -> tuple[str, str, str, int, bool]:
+def parse_head(head: bytes | bytearray) -> tuple[str, str, str, int, bool]:
     """(method, path, query, content length, close) of a header block without its final CRLFCRLF."""
     line_end = head.find(b"\r\n")
     request_line = head if line_end < 0 else head[:line_end]
@@ -99,7 +100,7 @@ def _split(answer: tuple[int, bytes] | tuple[int, bytes, bytes]) -> tuple[int, b
     """(status, body, header lines or None) of a handler's answer."""
     if len(answer) == 2:
         return answer[0], answer[1], None
-    return answer  # type: ignore[return-value]
+    return answer
 
 
 def _internal_error(exc: BaseException) -> bytes:
@@ -111,7 +112,7 @@ class ReplicaProtocol(asyncio.Protocol):
     """One connection from the daemon."""
 
     def __init__(
-        self, handler: Handler, connections: set["ReplicaProtocol"],
+        self, handler: Handler, connections: set[ReplicaProtocol],
         executor: Executor | None = None, want_headers: bool = False,
     ) -> None:
         self._handler = handler
@@ -130,7 +131,7 @@ class ReplicaProtocol(asyncio.Protocol):
         return not self._buf and self._pending is None and not self._busy
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.Transport, transport)  # a stream connection's transport
         self._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -217,7 +218,7 @@ class ReplicaProtocol(asyncio.Protocol):
         future = asyncio.get_running_loop().run_in_executor(self._executor, call)
         future.add_done_callback(lambda done: self._answer(done, close))
 
-    def _answer(self, done: "asyncio.Future[tuple[int, bytes, bytes | None]]", close: bool) -> None:
+    def _answer(self, done: asyncio.Future[tuple[int, bytes, bytes | None]], close: bool) -> None:
         self._busy = False
         transport = self._transport
         if transport is None:   # the connection went away while the request ran
@@ -240,7 +241,7 @@ class ReplicaProtocol(asyncio.Protocol):
             self._transport.close()
 
     def _reject(self, reason: str) -> None:
-        body = ('{"error": "bad request: %s"}' % reason).encode()
+        body = f'{{"error": "bad request: {reason}"}}'.encode()
         if self._transport is not None:
             self._transport.write(response_head(400, len(body), close=True) + body)
             self._transport.close()

@@ -113,7 +113,7 @@ def run_stacked(model: StackedModel, all_feeds: list[Feeds]) -> list[Any]:
                 outcomes[i] = _alone(model, all_feeds[i])
             continue
         at = 0
-        for i, count in zip(group, counts):
+        for i, count in zip(group, counts, strict=True):
             outcomes[i] = {name: arr[at : at + count] for name, arr in outputs.items()}
             at += count
     return outcomes

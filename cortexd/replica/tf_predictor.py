@@ -18,14 +18,13 @@ import zipfile
 from typing import Any
 
 from cortexd import model_shapes, savedmodel
-from cortexd.models import ModelFetchError, unpack_local_zip
-from cortexd.replica.gpu_limits import tensorflow_limit
-from cortexd.replica import batching
-from cortexd.replica.jsonable import InputMismatch, name_mismatch, to_array, to_jsonable
-from cortexd.replica.tf_outputs import flat_outputs, signature_def_map
-from cortexd.protocol import ReplicaSpec
 from cortexd.callconv import CALL_MODULE
+from cortexd.models import ModelFetchError, unpack_local_zip
+from cortexd.protocol import ReplicaSpec
+from cortexd.replica import batching
 from cortexd.replica.conventions import user_class
+from cortexd.replica.gpu_limits import tensorflow_limit
+from cortexd.replica.jsonable import InputMismatch, name_mismatch, to_array, to_jsonable
 from cortexd.replica.predictors import (
     PayloadError,
     Predictor,
@@ -34,6 +33,8 @@ from cortexd.replica.predictors import (
     construct_user_class,
     import_predictor_file,
 )
+from cortexd.replica.tf_outputs import flat_outputs, signature_def_map
+
 
 def _log(message: str) -> None:
     sys.stderr.write(f"tensorflow: {message}\n")

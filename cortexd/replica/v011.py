@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import inspect
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cortexd.protocol import ReplicaSpec
 from cortexd.replica.jsonable import to_jsonable
@@ -33,7 +34,8 @@ def _function(module: types.ModuleType, name: str, count: int, where: str, requi
     if fn is None:
         if required:
             hint = ""
-            for cls, kind in (("PythonPredictor", "python"), ("ONNXPredictor", "onnx"), ("TensorFlowPredictor", "tensorflow")):
+            classes = (("PythonPredictor", "python"), ("ONNXPredictor", "onnx"), ("TensorFlowPredictor", "tensorflow"))
+            for cls, kind in classes:
                 if hasattr(module, cls):
                     hint = _V012_HINT.format(cls=cls, kind=kind)
             raise PredictorLoadError(f"{where}: expected a function {name}{_ARGS[name]}{hint}")
@@ -43,7 +45,9 @@ def _function(module: types.ModuleType, name: str, count: int, where: str, requi
     try:
         inspect.signature(fn).bind(*([None] * count))
     except TypeError:
-        raise PredictorLoadError(f"{where}: expected {name}{_ARGS[name]}; found {name}{inspect.signature(fn)}") from None
+        raise PredictorLoadError(
+            f"{where}: expected {name}{_ARGS[name]}; found {name}{inspect.signature(fn)}"
+        ) from None
     except ValueError:
         pass
     found: Callable[..., Any] = fn
@@ -132,7 +136,9 @@ def load(ctx: ReplicaSpec) -> Any:
         if not ctx.model_path:
             raise PredictorLoadError(f"api {ctx.api_name}: onnx.model is required")
         client = ONNXClient(ctx.model_path, ctx.gpus, ctx.cpu)
-        return HandledModel(ctx, client.predict, client.describe, client.session.get_inputs(), client.session.get_outputs())
+        return HandledModel(
+            ctx, client.predict, client.describe, client.session.get_inputs(), client.session.get_outputs()
+        )
     if ctx.kind == "tensorflow":
         from cortexd.replica.tf_predictor import TensorFlowClient
 

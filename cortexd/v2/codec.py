@@ -129,7 +129,9 @@ def parse_request(body: bytes, header_length: int | None = None) -> InferRequest
         raise V2Error(400, f"the request must be a JSON object, got {type(doc).__name__}")
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise V2Error(400, "the request has no inputs: expected \"inputs\": [{\"name\", \"shape\", \"datatype\", \"data\"}, ...]")
+        raise V2Error(
+            400, "the request has no inputs: expected \"inputs\": [{\"name\", \"shape\", \"datatype\", \"data\"}, ...]"
+        )
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise V2Error(400, f"the request id must be a string, got {type(request_id).__name__}")

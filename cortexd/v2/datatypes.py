@@ -238,7 +238,8 @@ def json_data(arr: Any, dtype: Datatype, tensor: str) -> list[Any]:
     """The flat, row-major JSON list of an array; BYTES elements as UTF-8 strings."""
     flat = arr.reshape(-1)
     if dtype.name != "BYTES":
-        return flat.tolist()  # type: ignore[no-any-return]
+        data: list[Any] = flat.tolist()
+        return data
     out: list[str] = []
     for v in flat.tolist():
         if isinstance(v, bytes):

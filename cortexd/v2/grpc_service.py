@@ -15,7 +15,7 @@ REST endpoint would put in {"error": ...}:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -27,6 +27,11 @@ from cortexd.v2.grpc_convert import fill_response, request_body
 from cortexd.v2.hop import ReplicaCall, replica_target, split_answer
 from cortexd.v2.pb import inference_pb2 as pb
 from cortexd.v2.pb import inference_pb2_grpc as pb_grpc
+
+# grpcio-tools generates this without annotations (cortexd/v2/pb/): its signature, typed here.
+_add_servicer: Callable[[pb_grpc.GRPCInferenceServiceServicer, grpc.aio.Server], None] = (
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server
+)
 
 STATUS_CODES: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -52,8 +57,9 @@ def error_message(payload: bytes) -> str:
         doc = json.loads(payload)
     except ValueError:
         return payload.decode("utf-8", "replace")[:2000]
-    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-        return doc["error"]
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, str):
+        return error
     return payload.decode("utf-8", "replace")[:2000]
 
 
@@ -131,7 +137,7 @@ async def serve(
             ("grpc.so_reuseport", 0),  # a second daemon on the same port must fail, not share it
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(backend), server)
+    _add_servicer(InferenceServicer(backend), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)

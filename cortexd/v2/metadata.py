@@ -104,7 +104,9 @@ def parse_declaration(value: Any, where: str = "v2") -> dict[str, list[dict[str,
             if dtype not in DATATYPES:
                 raise DeclarationError(f"{at}.datatype", f"expected one of {', '.join(DATATYPES)}, got {dtype!r}")
             if not isinstance(shape, list) or not all(type(d) is int and d >= -1 for d in shape):
-                raise DeclarationError(f"{at}.shape", f"expected a list of integers, -1 for a dynamic dimension, got {shape!r}")
+                raise DeclarationError(
+                    f"{at}.shape", f"expected a list of integers, -1 for a dynamic dimension, got {shape!r}"
+                )
             parsed.append({"name": name, "datatype": dtype, "shape": list(shape)})
         out[side] = parsed
     return out

@@ -58,10 +58,11 @@ class ModelRunner:
                 )
             if shape is not None and len(shape) > 0:
                 got = tensor.shape
-                if len(got) != len(shape) or any(w is not None and w != g for g, w in zip(got, shape)):
+                if len(got) != len(shape) or any(w is not None and w != g for g, w in zip(got, shape, strict=True)):
                     raise V2Error(
                         400,
-                        f"input {tensor.name!r}: shape {_shape_text(got)} does not match the model's {_shape_text(shape)}",
+                        f"input {tensor.name!r}: shape {_shape_text(got)} "
+                        f"does not match the model's {_shape_text(shape)}",
                     )
             feeds[tensor.name] = self.prepare(tensor.name, tensor.array)
         return feeds
@@ -81,7 +82,7 @@ class ModelRunner:
     def infer(self, request: InferRequest) -> list[tuple[str, Any]]:
         feeds = self.feeds(request)
         wanted = self.outputs(request)
-        return list(zip(wanted, self.run(feeds, wanted)))
+        return list(zip(wanted, self.run(feeds, wanted), strict=True))
 
 
 class OnnxRunner(ModelRunner):
@@ -102,7 +103,9 @@ class OnnxRunner(ModelRunner):
         try:
             out.reshape(-1)[:] = [v.decode() if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
         except UnicodeDecodeError:
-            raise V2Error(400, f"input {name!r}: the model takes text, the data holds bytes that are not UTF-8") from None
+            raise V2Error(
+                400, f"input {name!r}: the model takes text, the data holds bytes that are not UTF-8"
+            ) from None
         return out
 
     def run(self, feeds: dict[str, Any], wanted: list[str]) -> list[Any]:

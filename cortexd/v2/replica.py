@@ -57,7 +57,9 @@ def v2_input_mode(predictor: Any) -> str | None:
             mode = getattr(owner, V2_INPUT_ATTRIBUTE, None)
             if mode is not None:
                 if mode not in V2_INPUT_MODES:
-                    raise V2Error(500, f"the predictor's {V2_INPUT_ATTRIBUTE} is {mode!r}; expected \"numpy\" or \"json\"")
+                    raise V2Error(
+                        500, f"the predictor's {V2_INPUT_ATTRIBUTE} is {mode!r}; expected \"numpy\" or \"json\""
+                    )
                 return str(mode)
     return None
 
@@ -116,7 +118,7 @@ def json_request(request: InferRequest) -> dict[str, Any]:
     """The V2 request object a "json" predictor receives: binary inputs as flat data lists."""
     doc = dict(request.header)
     inputs = []
-    for tensor, raw in zip(request.inputs, request.header["inputs"]):
+    for tensor, raw in zip(request.inputs, request.header["inputs"], strict=True):
         entry = {k: v for k, v in raw.items() if k != "parameters"}
         if tensor.parameters:
             entry["parameters"] = tensor.parameters

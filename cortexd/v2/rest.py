@@ -133,7 +133,9 @@ async def handle(
     return _error(404, f"no V2 route at {path}")
 
 
-async def infer(entry: ModelEntry, headers: Mapping[str, str], body: bytes, backend: V2Backend, debug: bool) -> Response:
+async def infer(
+    entry: ModelEntry, headers: Mapping[str, str], body: bytes, backend: V2Backend, debug: bool
+) -> Response:
     length_text = header(headers, HEADER_LENGTH)
     length: int | None = None
     if length_text is not None:

@@ -44,6 +44,7 @@ def build(out: str, new_version: bool = False) -> str:
             self.intercept = tf.Variable(intercept, trainable=False)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name=name) for name in FEATURES])
+        # tf.function traces the arguments (tf.Tensor): no Python annotations to check
         def serve(self, sepal_length, sepal_width, petal_length, petal_width):  # type: ignore[no-untyped-def]
             x = tf.stack([sepal_length, sepal_width, petal_length, petal_width], axis=1)
             logits = tf.matmul(x, self.coef) + self.intercept

@@ -21,14 +21,15 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from tests.daemon_harness import Client, Daemon, write_project  # noqa: E402
+from tests.daemon_harness import Client, Daemon, write_project  # noqa: E402  (after sys.path has the repository)
 
 FEATURES, HIDDEN, LAYERS, CLASSES = 512, 2048, 4, 16
 
@@ -45,7 +46,10 @@ def build_mlp(path: str) -> str:
         w = (rng.standard_normal((width, out_width)) / np.sqrt(width)).astype(np.float32)
         b = np.zeros(out_width, np.float32)
         inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
-        nodes += [helper.make_node("MatMul", [prev, f"W{i}"], [f"m{i}"]), helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"])]
+        nodes += [
+            helper.make_node("MatMul", [prev, f"W{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"]),
+        ]
         if i < LAYERS:
             nodes.append(helper.make_node("Relu", [f"a{i}"], [f"h{i}"]))
             prev = f"h{i}"
@@ -66,7 +70,10 @@ def build_mlp(path: str) -> str:
 
 def stats(samples: list[float]) -> dict[str, float]:
     ms = sorted(s * 1000 for s in samples)
-    pick = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
+
+    def pick(q: float) -> float:
+        return ms[min(len(ms) - 1, int(q * len(ms)))]
+
     return {"n": len(ms), "mean_ms": round(statistics.fmean(ms), 3), "p50_ms": round(pick(0.5), 3),
             "p90_ms": round(pick(0.9), 3), "p99_ms": round(pick(0.99), 3)}
 
@@ -121,11 +128,11 @@ def through_cortexd(model: str, body: bytes, n: int, warmup: int, work: str) -> 
             print(json.dumps(d.get(), indent=1)[:4000], file=sys.stderr)
             raise
         with open(os.path.join(d.log_dir, "mlp-gpu.log")) as f:
-            provider_line = next((l.strip() for l in f if "] onnx: " in l and "ExecutionProvider" in l), "")
+            provider_line = next((line.strip() for line in f if "] onnx: " in line and "ExecutionProvider" in line), "")
         for api in ("mlp-gpu", "mlp-cpu"):
             c = Client(d.port)
 
-            def call() -> None:
+            def call(c: Client = c, api: str = api) -> None:  # bound now: timed() calls it in this iteration
                 r = c.request("POST", f"/t/{api}", body)
                 if r.status != 200:
                     raise RuntimeError(f"{api}: {r.status} {r.body[:300]!r}")
@@ -180,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         "timings": rows,
         "ratios_p50": {
             "cortexd-gpu / inproc-gpu": round(rows["cortexd-gpu"]["p50_ms"] / rows["inproc-gpu"]["p50_ms"], 2),
-            "cortexd-gpu / inproc-gpu-json": round(rows["cortexd-gpu"]["p50_ms"] / rows["inproc-gpu-json"]["p50_ms"], 2),
+            "cortexd-gpu / inproc-gpu-json": round(
+                rows["cortexd-gpu"]["p50_ms"] / rows["inproc-gpu-json"]["p50_ms"], 2
+            ),
             "cortexd-cpu / cortexd-gpu": round(rows["cortexd-cpu"]["p50_ms"] / rows["cortexd-gpu"]["p50_ms"], 2),
         },
     }

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cortexd.daemon.observe.api_logs import log_path
 from cortexd.daemon.fleet.gpus import GpuInfo, RealNvml
+from cortexd.daemon.observe.api_logs import log_path
 from tests import modelgen
 from tests.daemon_harness import REPO, Client, Daemon, wait_for, write_project
 
@@ -91,7 +91,8 @@ def api_log(d: Daemon, api: str) -> str:
 
 
 def probes(d: Daemon, api: str) -> list[dict[str, Any]]:
-    return [json.loads(line.split("cuda-probe: ", 1)[1]) for line in api_log(d, api).splitlines() if "cuda-probe: " in line]
+    lines = api_log(d, api).splitlines()
+    return [json.loads(line.split("cuda-probe: ", 1)[1]) for line in lines if "cuda-probe: " in line]
 
 
 def uuid_of(gpus: list[GpuInfo], index: int) -> str:
@@ -269,7 +270,8 @@ def tensorflow_with_cuda() -> str | None:
     if result.returncode != 0:
         return f"tensorflow cannot be imported: {result.stderr.strip().splitlines()[-1:] or result.returncode}"
     if result.stdout.strip() != "True":
-        return "this TensorFlow has no CUDA (tensorflow-cpu): pip install 'tensorflow[and-cuda]' (scripts/gpu-check.sh does)"
+        return ("this TensorFlow has no CUDA (tensorflow-cpu): pip install 'tensorflow[and-cuda]' "
+                "(scripts/gpu-check.sh does)")
     return None
 
 

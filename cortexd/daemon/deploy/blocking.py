@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -19,25 +20,25 @@ async def run_blocking(func: Callable[..., T], *args: object, name: str = "corte
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
-    def settle(result: T | None, exc: BaseException | None) -> None:
-        if future.done():
-            return
-        if exc is not None:
+    def succeed(result: T) -> None:
+        if not future.done():  # else the awaiting task was cancelled
+            future.set_result(result)
+
+    def fail(exc: BaseException) -> None:
+        if not future.done():
             future.set_exception(exc)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
 
     def work() -> None:
         try:
             result = func(*args)
         except BaseException as exc:  # handed to the awaiting task, whatever it is
             try:
-                loop.call_soon_threadsafe(settle, None, exc)
+                loop.call_soon_threadsafe(fail, exc)
             except RuntimeError:  # the loop has closed: nobody is waiting any more
                 pass
             return
         try:
-            loop.call_soon_threadsafe(settle, result, None)
+            loop.call_soon_threadsafe(succeed, result)
         except RuntimeError:
             pass
 

@@ -313,7 +313,8 @@ class EnvBuilder:
         result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, cwd="/", check=False)
         if result.returncode != 0:
             tail = result.stderr.strip().splitlines()[-TAIL_LINES:]
-            raise EnvBuildError(failure_message(f"python -c {code!r}", result.returncode, tail), key, tail, result.returncode)
+            message = failure_message(f"python -c {code!r}", result.returncode, tail)
+            raise EnvBuildError(message, key, tail, result.returncode)
         return result.stdout
 
     def _run_step(

@@ -20,9 +20,10 @@ later reload of another API never waits on this one).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from cortexd import callconv
 from cortexd.config import Api, Config
@@ -152,7 +153,7 @@ class Reloader:
             self.proxy.set_route(api.name, api.endpoint, route_options(api))
         task = asyncio.ensure_future(self._pipeline(api, forced, project))
         pipeline = self._pipelines[api.name] = _Pipeline(api, forced, task)
-        task.add_done_callback(lambda t, name=api.name: self._finished(name, t))
+        task.add_done_callback(functools.partial(self._finished, api.name))
         return pipeline
 
     def _finished(self, name: str, task: asyncio.Task[Outcome]) -> None:

@@ -174,7 +174,8 @@ class SnapshotStore:
         if not is_tagged_cache_dir(self.root):
             tag = os.path.join(self.root, CACHEDIR_TAG)
             with os.fdopen(safefs.open_reused(tag, os.O_WRONLY | os.O_TRUNC), "wb") as f:
-                f.write(CACHEDIR_SIGNATURE + b"\n# cortexd snapshots: derived data, see cortexd/daemon/deploy/snapshots.py\n")
+                f.write(CACHEDIR_SIGNATURE
+                        + b"\n# cortexd snapshots: derived data, see cortexd/daemon/deploy/snapshots.py\n")
         # _io serialises take() and gc() (disk work, may be slow); _known_lock guards the
         # set of versions and is only held briefly, so path() never waits for a copy.
         self._io = threading.Lock()

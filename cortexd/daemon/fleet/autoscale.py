@@ -104,7 +104,9 @@ def decide(
     return desired, AutoscaleState(desired, window)
 
 
-def _prune(entries: tuple[tuple[float, int], ...], now: float, settings: AutoscaleSettings) -> tuple[tuple[float, int], ...]:
+def _prune(
+    entries: tuple[tuple[float, int], ...], now: float, settings: AutoscaleSettings
+) -> tuple[tuple[float, int], ...]:
     cutoff = now - settings.downscale_window_s
     return tuple(entry for entry in entries if entry[0] > cutoff)
 

@@ -25,8 +25,8 @@ import errno
 import logging
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 log = logging.getLogger("cortexd.cgroups")
 
@@ -109,13 +109,15 @@ def check_delegation(
     if controllers is None:
         return Delegation(None, f"{path}: cgroup.controllers cannot be read")
     if "memory" not in controllers.split():
-        return Delegation(None, f"{path}: the memory controller is not delegated (controllers: {controllers.strip() or 'none'})")
+        listed = controllers.strip() or "none"
+        return Delegation(None, f"{path}: the memory controller is not delegated (controllers: {listed})")
     for target in (path, os.path.join(path, "cgroup.procs"), os.path.join(path, "cgroup.subtree_control")):
         if not can_write(target):
             return Delegation(None, f"{target} is not writable (run under systemd with Delegate=yes)")
     others = [p for p in _pids(os.path.join(path, "cgroup.procs")) if p != pid]
     if others:
-        return Delegation(None, f"{path} also holds other processes ({', '.join(map(str, others[:5]))}): not delegated to the daemon alone")
+        listed = ", ".join(map(str, others[:5]))
+        return Delegation(None, f"{path} also holds other processes ({listed}): not delegated to the daemon alone")
     return Delegation(path, f"cgroup v2 memory.max per replica under {path}")
 
 

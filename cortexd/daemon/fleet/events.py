@@ -8,7 +8,7 @@ post; the event pump hands each event to `Supervisor.handle` on the daemon's loo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class ReplicaOverGpuMemory:
     reason: str  # fleet/gpu_memory.OverGpuMemory.reason(): how much, on which GPU, the limit
 
 
-Event = Union[
-    ReplicaReady, ReplicaLoadFailed, ReplicaExited, ReplicaDrained, ReplicaOverMemory, ReplicaOverGpuMemory,
-    ReplicaLost, ReplicaOverdue,
-]
+Event = (
+    ReplicaReady | ReplicaLoadFailed | ReplicaExited | ReplicaDrained | ReplicaOverMemory | ReplicaOverGpuMemory
+    | ReplicaLost | ReplicaOverdue
+)

@@ -9,8 +9,8 @@ about what runs; this module holds the failure policy.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from cortexd import protocol
 from cortexd.daemon.fleet.events import ReplicaOverMemory
@@ -39,7 +39,8 @@ def backoff_delay(failures: int, settings: SupervisorSettings) -> float:
     """Delay before restarting a slot after `failures` consecutive unexpected exits."""
     if failures <= 1:
         return BACKOFF_FIRST_S
-    return min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (failures - 2))
+    doublings: int = 2 ** (failures - 2)  # a non-negative exponent: an int (typeshed says Any)
+    return min(settings.backoff_max_s, settings.backoff_base_s * doublings)
 
 
 class Failures(Lifecycle):
@@ -70,7 +71,9 @@ class Failures(Lifecycle):
             elif gen is entry.next:
                 self._maybe_switch(entry)
 
-    def _on_over_memory(self, entry: ApiEntry, gen: Generation, rep: Replica, event: ReplicaOverMemory, now: float) -> None:
+    def _on_over_memory(
+        self, entry: ApiEntry, gen: Generation, rep: Replica, event: ReplicaOverMemory, now: float
+    ) -> None:
         if rep.over_memory:
             return
         rep.over_memory = True

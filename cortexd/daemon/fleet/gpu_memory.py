@@ -23,9 +23,9 @@ from typing import Any
 
 import psutil
 
-from cortexd.units import format_quantity
 from cortexd.daemon.fleet.gpus import GpuInfo
 from cortexd.daemon.fleet.placement import Holding, device_loads
+from cortexd.units import format_quantity
 
 GPU_MEM_MARGIN_MIN = 512 * 1024**2
 GPU_MEM_MARGIN_FRACTION = 0.10

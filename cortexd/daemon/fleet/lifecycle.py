@@ -4,12 +4,23 @@ the mechanics of signals and deadlines)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cortexd.config import Api, Batching
 from cortexd.daemon.fleet.events import ReplicaDrained
-from cortexd.daemon.fleet.state import DRAINING, READY, STARTING, STOPPING, ApiEntry, Generation, Replica, ReplicaHandle, Version
+from cortexd.daemon.fleet.state import (
+    DRAINING,
+    READY,
+    STARTING,
+    STOPPING,
+    ApiEntry,
+    Generation,
+    Replica,
+    ReplicaHandle,
+    Version,
+)
 
 if TYPE_CHECKING:
     from cortexd.daemon.fleet.supervisor import SupervisorSettings
@@ -43,7 +54,9 @@ class Router(Protocol):
 class Placer(Protocol):
     """GPU placement and cpu/mem admission (fleet/compute.py)."""
 
-    def place(self, replica_id: str, api: Api, preferred_gpus: list[int] | None) -> tuple[list[int] | None, str | None]: ...
+    def place(
+        self, replica_id: str, api: Api, preferred_gpus: list[int] | None
+    ) -> tuple[list[int] | None, str | None]: ...
 
     def release(self, replica_id: str) -> None: ...
 
@@ -63,7 +76,7 @@ class Lifecycle:
     router: Router
     settings: SupervisorSettings
 
-    def clock(self) -> float: ...  # provided by the supervisor's injected clock
+    clock: Callable[[], float]  # the supervisor's injected clock
 
     def _drain_all(self, entry: ApiEntry, gen: Generation, now: float) -> None:
         for rep in list(gen.replicas.values()):

@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cortexd.daemon.fleet.admission import format_cpu
-from cortexd.units import format_quantity
 from cortexd.daemon.fleet.gpus import GpuInfo
+from cortexd.units import format_quantity
 
 # Float sums of shares like 0.1 + 0.2 + 0.7 must not refuse a share that fits exactly.
 SHARE_EPSILON = 1e-6

@@ -19,13 +19,13 @@ import signal
 import subprocess
 import sys
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
+from cortexd import callconv, paths, protocol, safefs
 from cortexd.daemon.fleet.cgroups import ReplicaCgroups
-from cortexd.daemon.systemd import child_env
 from cortexd.daemon.fleet.events import Event, ReplicaExited, ReplicaLoadFailed, ReplicaOverMemory, ReplicaReady
 from cortexd.daemon.fleet.lifecycle import SpawnRequest
-from cortexd import callconv, paths, protocol, safefs
+from cortexd.daemon.systemd import child_env
 
 log = logging.getLogger("cortexd.spawner")
 
@@ -55,13 +55,18 @@ class ProcessHandle:
         self._signal(signal.SIGKILL)
 
 
+def _gpu_list(gpus: list[int]) -> str:
+    """CUDA_VISIBLE_DEVICES for the GPUs a replica got: "0,2"."""
+    return ",".join(str(g) for g in gpus)
+
+
 class ProcessSpawner:
     def __init__(
         self,
         runtime_dir: str,
         post: Callable[[Event], None],
         output: Callable[[str, str, str], None],
-        gpu_env: Callable[[list[int]], str] = lambda gpus: ",".join(str(g) for g in gpus),
+        gpu_env: Callable[[list[int]], str] = _gpu_list,
         extra_env: dict[str, str] | None = None,
         cgroups: ReplicaCgroups | None = None,
     ) -> None:

@@ -9,8 +9,9 @@ and `get` disagree about.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from cortexd.config import Api
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from cortexd.config import Api
 from cortexd.daemon.fleet.events import (
@@ -28,7 +28,7 @@ from cortexd.daemon.fleet.events import (
     ReplicaReady,
 )
 from cortexd.daemon.fleet.failures import LOAD_FAILURES_FOR_ERROR, Failures, SupervisorSettings, backoff_delay
-from cortexd.daemon.fleet.lifecycle import OpenPlacer, Placer, Router, SpawnRequest, Spawner
+from cortexd.daemon.fleet.lifecycle import OpenPlacer, Placer, Router, Spawner, SpawnRequest
 from cortexd.daemon.fleet.rolling import roll_step
 from cortexd.daemon.fleet.snapshot import Fleet, reason_of, snapshot_of, status_of
 from cortexd.daemon.fleet.state import (
@@ -85,7 +85,9 @@ class Supervisor(Failures):
     def declare(self, spec: Api, preparing: str) -> None:
         """A new API: known (and `creating`) while its first version is prepared."""
         if spec.name not in self.apis:
-            self.apis[spec.name] = ApiEntry(name=spec.name, spec=spec, desired=spec.compute.init_replicas, preparing=preparing)
+            self.apis[spec.name] = ApiEntry(
+                name=spec.name, spec=spec, desired=spec.compute.init_replicas, preparing=preparing
+            )
 
     def preparing(self, name: str, what: str | None) -> None:
         entry = self.apis.get(name)

@@ -102,7 +102,9 @@ class BatchStats:
         }
 
 
-def render_lines(summary: dict[str, Any], max_batch_size: int | None = None, interval_s: float | None = None) -> list[str]:
+def render_lines(
+    summary: dict[str, Any], max_batch_size: int | None = None, interval_s: float | None = None
+) -> list[str]:
     """The summary as `cortexd get API` prints it (two or three lines)."""
     setting = ""
     if max_batch_size is not None and interval_s is not None:

@@ -31,7 +31,8 @@ def bucket_middle(index: int) -> float:
     """A representative value (seconds) for bucket `index`."""
     if index == 0:
         return MIN_SECONDS / 2
-    return MIN_SECONDS * GROWTH ** (index - 0.5)
+    factor: float = GROWTH ** (index - 0.5)  # a positive base: a float (typeshed says Any)
+    return MIN_SECONDS * factor
 
 
 class LatencyStats:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry
@@ -224,10 +224,12 @@ class _RequestCollector(Collector):
         yield queue
 
 
-_REQUEST_LE = [floatToGoString(b) for b in REQUEST_BUCKETS] + ["+Inf"]
-_QUEUE_LE = [floatToGoString(b) for b in QUEUE_BUCKETS] + ["+Inf"]
-_BATCH_SIZE_LE = [floatToGoString(b) for b in BATCH_SIZE_BUCKETS] + ["+Inf"]
-_BATCH_WAIT_LE = [floatToGoString(b) for b in BATCH_WAIT_BUCKETS] + ["+Inf"]
+# prometheus_client's own bucket bound text (its function has no annotations)
+_go_float: Callable[[float], str] = floatToGoString
+_REQUEST_LE = [_go_float(b) for b in REQUEST_BUCKETS] + ["+Inf"]
+_QUEUE_LE = [_go_float(b) for b in QUEUE_BUCKETS] + ["+Inf"]
+_BATCH_SIZE_LE = [_go_float(b) for b in BATCH_SIZE_BUCKETS] + ["+Inf"]
+_BATCH_WAIT_LE = [_go_float(b) for b in BATCH_WAIT_BUCKETS] + ["+Inf"]
 
 
 class _BatchCollector(Collector):
@@ -270,7 +272,7 @@ class _BatchCollector(Collector):
 def _cumulative(les: list[str], counts: list[int]) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
     running = 0
-    for le, n in zip(les, counts):
+    for le, n in zip(les, counts, strict=True):
         running += n
         out.append((le, running))
     return out

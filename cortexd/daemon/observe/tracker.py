@@ -24,7 +24,8 @@ import os
 import sqlite3
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from cortexd.daemon.observe.tracker_db import TrackerDb
 from cortexd.daemon.observe.tracker_figures import (

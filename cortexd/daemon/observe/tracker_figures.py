@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -22,7 +22,7 @@ TOTALS_ONLY = -(2**62)      # unwritten deltas older than the hour: they only ad
 # Classification figures: label -> count.  Regression figures: [count, sum, min, max].
 ClassFigures = dict[str, int]
 RegFigures = list[float]
-Figures = Union[ClassFigures, RegFigures]
+Figures = ClassFigures | RegFigures
 
 
 class Skip(Exception):
@@ -130,7 +130,9 @@ def older_part(track: ApiTrack) -> Figures:
                 older[label] = older.get(label, 0) - n
         return {label: n for label, n in older.items() if n > 0}
     # Regression: count and sum subtract; min/max of the whole total are kept (they bound the part).
-    reg = list(track.total)
+    total = track.total
+    assert isinstance(total, list)
+    reg: RegFigures = list(total)
     for figures in track.minutes.values():
         assert isinstance(figures, list)
         reg[0] -= figures[0]

@@ -16,8 +16,8 @@ from cortexd.daemon.fleet.snapshot import ApiSnapshot, Fleet
 from cortexd.daemon.fleet.state import LastError
 from cortexd.daemon.observe.batch_stats import BatchStats
 from cortexd.daemon.observe.latency import LatencyStats
-from cortexd.daemon.serving.proxy import SplitRoute
 from cortexd.daemon.observe.metrics import ApiMetricsState, GpuMetricsState, MetricsState, ReplicaGpuMetricsState
+from cortexd.daemon.serving.proxy import SplitRoute
 from cortexd.daemon.systemd import status_line as systemd_status_line
 
 

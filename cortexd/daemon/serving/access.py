@@ -31,14 +31,15 @@ import json
 import os
 import re
 import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Sequence, Union
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode
 
 if TYPE_CHECKING:  # ssl is imported when TLS is asked for: replicas import this module too
     import ssl
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 HEALTHZ, READYZ, METRICS, ENDPOINT = "healthz", "readyz", "metrics", "endpoint"
 DEBUG_HEADER = "X-Cortexd-Debug"
@@ -176,7 +177,7 @@ class ApiKeys:
     source: str = ""
 
     @classmethod
-    def of(cls, keys: Sequence[str], source: str = "") -> "ApiKeys":
+    def of(cls, keys: Sequence[str], source: str = "") -> ApiKeys:
         return cls(tuple(_digest(k) for k in keys), source)
 
     def __bool__(self) -> bool:
@@ -295,7 +296,8 @@ _NONE: dict[str, str] = {}
 
 
 def cors_headers(
-    kind: str, origins: tuple[str, ...], origin: str | None, preflight: bool = False, requested_headers: str | None = None
+    kind: str, origins: tuple[str, ...], origin: str | None, preflight: bool = False,
+    requested_headers: str | None = None,
 ) -> dict[str, str]:
     """CORS headers for an answer on `kind`; {} where none belong. The dict may be shared:
     copy it before changing it."""
@@ -359,7 +361,7 @@ class AccessSettings:
     def from_options(
         cls, api_keys: str | None = None, api_keys_metrics: str = "protected", debug_from: str | None = None,
         cors_origins: str | None = "*",
-    ) -> "AccessSettings":
+    ) -> AccessSettings:
         if api_keys_metrics not in ("protected", "open"):
             raise AccessConfigError(f"--api-keys-metrics: {api_keys_metrics!r}; use protected or open")
         return cls(

@@ -56,7 +56,7 @@ class ConnectionLimits:
 
 
 def guarded_protocol(limits: ConnectionLimits) -> type[HttpProtocol]:
-    class GuardedHttpProtocol(HttpProtocol):  # type: ignore[misc]  # Sanic's classes are untyped
+    class GuardedHttpProtocol(HttpProtocol):
         _rejected = False
 
         def connection_made(self, transport: Any) -> None:
@@ -65,11 +65,11 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpProtocol]:
                 transport.write(OVERLOADED)
                 transport.close()
                 return
-            super().connection_made(transport)
+            super().connection_made(transport)  # type: ignore[no-untyped-call]  # Sanic's has no annotations
 
         def connection_lost(self, exc: Exception | None) -> None:
             if not self._rejected:
-                super().connection_lost(exc)
+                super().connection_lost(exc)  # type: ignore[no-untyped-call]  # Sanic's has no annotations
 
         def data_received(self, data: bytes) -> None:
             if self._rejected:
@@ -101,8 +101,11 @@ def build_app(proxy: Proxy, views: Views, access: Access, limits: ConnectionLimi
     app.config.KEEP_ALIVE_TIMEOUT = 75
     # With the clock held at the request's first byte (GuardedHttpProtocol): the header block
     # must be complete within header_timeout_s, the body within request_timeout_s after it.
-    app.config.REQUEST_TIMEOUT = limits.header_timeout_s
-    app.config.RESPONSE_TIMEOUT = limits.header_timeout_s + limits.request_timeout_s + 5
+    # Sanic annotates its timeouts int, but they are seconds compared with the loop's float
+    # clock, so a fraction of a second (--header-timeout 0.5) works.
+    response_timeout = limits.header_timeout_s + limits.request_timeout_s + 5
+    app.config.REQUEST_TIMEOUT = limits.header_timeout_s  # type: ignore[assignment]  # float seconds, see above
+    app.config.RESPONSE_TIMEOUT = response_timeout  # type: ignore[assignment]  # float seconds, see above
 
     def respond(answer: Answer, cors: dict[str, str]) -> HTTPResponse:
         headers = dict(cors)
@@ -194,8 +197,9 @@ def build_app(proxy: Proxy, views: Views, access: Access, limits: ConnectionLimi
 
     async def open_inference(request: Any, cors: dict[str, str]) -> HTTPResponse:
         if request.method == "POST" and not proxy.accepting:
-            return json_response(503, {"error": "cortexd is shutting down"}, {"Retry-After": "5", "Connection": "close"},
-                                 cors)
+            return json_response(
+                503, {"error": "cortexd is shutting down"}, {"Retry-After": "5", "Connection": "close"}, cors
+            )
         handler_started(request)
         debug = access.debug(request.query_string, request.ip)
         status, headers, body = await v2_rest.handle(request.method, request.path, request.headers, request.body, v2,

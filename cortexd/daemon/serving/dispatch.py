@@ -32,15 +32,16 @@ Everything here runs on the daemon's one event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections import deque
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from cortexd import batchframe
 from cortexd.daemon.fleet.events import Event, ReplicaLost, ReplicaOverdue
 from cortexd.daemon.serving.batcher import next_batch
-from cortexd.daemon.serving.jobs import (  # noqa: F401  (the queue's vocabulary, imported from here by its users)
+from cortexd.daemon.serving.jobs import (
     BatchObserver,
     DeadlineExceeded,
     Job,
@@ -55,6 +56,11 @@ from cortexd.daemon.serving.jobs import (  # noqa: F401  (the queue's vocabulary
 )
 from cortexd.daemon.serving.upstream import UpstreamError
 
+# The queue's vocabulary (serving/jobs.py) is imported from here by its users.
+__all__ = [
+    "ApiQueue", "BatchObserver", "DeadlineExceeded", "Job", "LinkState", "NoReplicas", "PredictionTimeout",
+    "QueueFull", "ReplicaFailed", "ReplicaLink", "Slot", "Unreachable",
+]
 
 def _ignore(event: Event) -> None:
     pass
@@ -105,10 +111,10 @@ class ApiQueue:
             candidate = idle.popleft()
             if candidate.link.state is LinkState.SERVING and not candidate.jobs:
                 slot = candidate
-        batching_idle = slot is not None and slot.link.batching is not None
-        if batching_idle:
-            idle.appendleft(slot)  # type: ignore[arg-type]  # a batching slot takes jobs through the former
-            slot = None
+        batching_idle = False
+        if slot is not None and slot.link.batching is not None:
+            idle.appendleft(slot)  # a batching slot takes jobs through the former
+            slot, batching_idle = None, True
         if slot is None:
             if not self.links and not self.hold_when_empty:
                 raise NoReplicas()
@@ -166,7 +172,7 @@ class ApiQueue:
         slot.jobs = []
         self.in_flight -= len(jobs)
         answers = _batch_answers(status, payload, len(jobs)) if slot.framed else ((status, payload),)
-        for job, answer in zip(jobs, answers):
+        for job, answer in zip(jobs, answers, strict=True):
             _stop_timer(job)
             if not job.future.done():  # else it timed out or its client left: the answer goes nowhere
                 job.future.set_result(answer)
@@ -313,8 +319,8 @@ class ApiQueue:
     def add(self, link: ReplicaLink) -> None:
         self.links[link.replica_id] = link
         for slot in link.slots:
-            slot.conn.on_response = lambda status, payload, slot=slot: self._answered(slot, status, payload)
-            slot.conn.on_failure = lambda error, slot=slot: self._failed(slot, error)
+            slot.conn.on_response = functools.partial(self._answered, slot)
+            slot.conn.on_failure = functools.partial(self._failed, slot)
             self.release(slot)
 
     def drain(self, replica_id: str, on_drained: Callable[[], None]) -> None:

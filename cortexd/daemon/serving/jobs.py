@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from cortexd import protocol
 from cortexd.config.objects import Batching

@@ -13,9 +13,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from collections.abc import Iterable
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from cortexd import protocol
 from cortexd.config import Batching
@@ -259,7 +259,8 @@ class Proxy:
         except NoReplicas:
             return self.unavailable(api, "no replica is ready"), 0.0
         except QueueFull as exc:
-            return self.unavailable(api, str(exc) or f"all replicas are busy and the queue is full ({q.max_queue})"), 0.0
+            why = str(exc) or f"all replicas are busy and the queue is full ({q.max_queue})"
+            return self.unavailable(api, why), 0.0
         try:
             status, payload = await job.future
         except asyncio.CancelledError:

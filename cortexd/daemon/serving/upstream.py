@@ -11,7 +11,8 @@ bench/, those cost more per request than the replica's own work for small models
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 from cortexd import protocol
 from cortexd.daemon.serving.answers import payload_of
@@ -138,7 +139,7 @@ class UpstreamConnection:
         self._busy = False
         self.on_response(status, payload)
 
-    def _lost(self, wire: "_Wire", error: UpstreamError) -> None:
+    def _lost(self, wire: _Wire, error: UpstreamError) -> None:
         if self._wire is wire:
             self._wire = None
             self._fail(error)
@@ -166,7 +167,7 @@ class _Wire(asyncio.Protocol):
             self.transport.write(body)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream connection's transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         detail = f": {exc}" if exc else ""

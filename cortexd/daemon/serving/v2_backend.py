@@ -7,7 +7,8 @@ retries, metrics, tracker, `cortexd get`), as `POST /v2/infer` to its replica.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -46,7 +47,7 @@ class DaemonV2Backend:
         return answer.status, dict(answer.headers or {}), bytes(answer.body)
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc's aio types are partial
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """With --api-keys, gRPC calls need the key too: metadata `authorization: Bearer KEY` or
     `x-api-key: KEY`, as the HTTP port's headers. Health calls stay open, as /healthz."""
 

@@ -1,5 +1,6 @@
-import boto3
 import pickle
+
+import boto3
 
 labels = ["setosa", "versicolor", "virginica"]
 
