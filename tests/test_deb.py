@@ -332,6 +332,9 @@ def test_build_venv(debs: dict[str, Path], tmp_path: Path) -> None:
         "CORTEXD_PYTHON": python,
         # offline and without dependencies: what is checked is the build and the swap
         "CORTEXD_PIP_ARGS": "--no-index --no-deps",
+        # an operator's shell pointing at a source checkout (`sudo PYTHONPATH=... build-venv`): a
+        # cortexd.egg-info there once made pip skip the install and the import check pass anyway
+        "PYTHONPATH": str(REPO),
     }
     build_venv = str(opt / "build-venv")
     run([build_venv], env)
@@ -339,10 +342,13 @@ def test_build_venv(debs: dict[str, Path], tmp_path: Path) -> None:
     assert first.startswith(f"venv-{V1}-") and "/" not in first
     assert not (opt / "venv-stale").exists()
     probe = run(
-        [str(opt / "venv" / "bin" / "python"), "-c", "import cortexd, sys; print(cortexd.__version__, sys.prefix)"]
+        [str(opt / "venv" / "bin" / "python"), "-I", "-c",
+         "import cortexd, sys; print(cortexd.__version__, sys.prefix, cortexd.__file__)"]
     )
-    version, prefix = probe.stdout.split()
+    version, prefix, source = probe.stdout.split()
     assert os.path.realpath(prefix) == str(opt / first)
+    assert os.path.realpath(source).startswith(str(opt / first)), f"cortexd imported from {source}, not the venv"
+    assert (opt / first / "bin" / "cortexd").exists()
     # the entry point runs the versioned interpreter, so a running daemon (and the replicas
     # it spawns with sys.executable) keeps its environment when a later build swaps the link
     shebang = (opt / "venv" / "bin" / "cortexd").read_text().splitlines()[0]

@@ -186,7 +186,8 @@ def test_reload_under_load_changes_only_what_changed_and_fails_nothing(project, 
         first_404 = doomed.index(404)
         assert set(doomed[first_404:]) == {404}
         # The old version's replicas drain and stop once their last request is answered.
-        wait_for(lambda: not (pids_before["edited"] & set(d.replica_pids("edited"))), 15, what="the old replicas to stop")
+        wait_for(lambda: not (pids_before["edited"] & set(d.replica_pids("edited"))), 15,
+                 what="the old replicas to stop")
         # `get` shows the new versions.
         assert d.get("edited")["version"] == 2
         assert "doomed" not in [a["name"] for a in d.get()["apis"]]
