@@ -1,7 +1,7 @@
 """Text tables for `cortexd get` and `cortexd gpus`, in the spirit of `cortex get`.
 
 Columns are left-aligned and separated by three spaces, with a header row; trailing spaces
-are stripped. The inputs are the `cortexd get --json` objects of SPEC section 6, so what the
+are stripped. The inputs are the `cortexd get --json` objects (docs/cli.md), so what the
 table shows and what scripts read are the same data.
 """
 

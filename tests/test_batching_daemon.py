@@ -1,8 +1,7 @@
 """Server-side batching end to end: a real `cortexd serve`, real replicas, real HTTP.
 
-Skipped until the daemon's queue forms batches (docs/dev/batching-dispatch.patch and the
-wiring in docs/dev/batching.md, applied by the lead onto the rewritten queue): the skip
-lifts by itself once `ReplicaLink` has its `batching` field.
+The daemon's queue forms the batches (cortexd/daemon/serving/batcher.py) and the replica runs
+them (cortexd/replica/batching.py); docs/batching.md is what users read.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GPUs (fake NVML), memory limits and autoscaling through a real daemon (SPEC section 4)."""
+"""GPUs (fake NVML), memory limits and autoscaling through a real daemon."""
 
 from __future__ import annotations
 

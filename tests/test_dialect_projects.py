@@ -68,6 +68,9 @@ def answers(name: str, client: Client) -> dict[str, Any]:
             "fails": ask("/iris/classifier", {"fail": True})[0],
             "onnx-classifier": ask("/iris/onnx-classifier"),
             "onnx-raw": ask("/iris/onnx-raw", [ROW]),
+            # the Open Inference Protocol runs the model itself, past the request handler
+            "v2": ask("/v2/models/onnx-classifier/infer",
+                      {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}),
         }
     if name == "seed":
         return {"classifier": ask("/iris/classifier"), "onnx-raw": ask("/iris/onnx-raw", [ROW])}
@@ -95,6 +98,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "fails": 406,                                       # v0.11 answered a predictor error with 406
         "onnx-classifier": (200, "abc"[onnx_label(ROW)]),
         "onnx-raw": (200, None),                            # the list of outputs; checked below
+        "v2": (200, None),                                  # the model's tensors; checked below
     },
     "seed": {"classifier": (200, "setosa"), "onnx-raw": (200, None)},
     "v012": {
@@ -123,6 +127,8 @@ def check(name: str, got: dict[str, Any]) -> None:
     if name == "v011":   # v0.11's ONNX API without a handler: session.run's list of outputs
         scores, labels = got["onnx-raw"][1]
         assert np.asarray(scores).shape == (1, 3) and labels == [onnx_label(ROW)]
+        outputs = {o["name"]: o for o in got["v2"][1]["outputs"]}
+        assert outputs["label"]["data"] == [onnx_label(ROW)] and outputs["scores"]["shape"] == [1, 3]
     if name == "seed":   # the seed's: outputs by name, shaped
         assert got["onnx-raw"][1]["label"] == [onnx_label(ROW)]
     if name == "v012":   # Cortex's TensorFlow client: per output a flat list, int64 as strings

@@ -31,8 +31,8 @@ UNIT_ENV = REPO / "units" / "cortexd.env"
 
 # Commands that do not talk to a daemon, so they are not in COMMANDS.
 LOCAL_COMMANDS = ("serve", "validate", "convert", "version")
-# Files users never get; nothing they read may point there.
-NOT_IN_THE_REPO = ("SPEC.md", "DESIGN.md")
+# Documents users never get; nothing they read may point there (by file name, or as "SPEC section 3").
+NOT_IN_THE_REPO = re.compile(r"\b(?:SPEC\.md|DESIGN\.md|SPEC sections?\b|SPEC:)")
 
 
 def read(path: Path) -> str:
@@ -190,20 +190,49 @@ def test_the_path_finder_sees_paths() -> None:
 
 
 def text_files() -> Iterator[Path]:
+    """What users and contributors read: the docs, the package's source, the tests, the benchmarks."""
     yield from pages()
-    for root, dirs, files in os.walk(REPO / "cortexd"):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        for name in files:
-            if not name.endswith((".pyc", ".so")):
-                yield Path(root) / name
+    for top in ("cortexd", "tests", "bench", "scripts", "packaging", "units"):
+        for root, dirs, files in os.walk(REPO / top):
+            dirs[:] = [d for d in dirs if d not in ("__pycache__", "results", "fixtures")]
+            for name in files:
+                if name.endswith((".py", ".md", ".sh", ".service", ".env")) or "." not in name:
+                    yield Path(root) / name
 
 
 def test_nothing_users_read_points_to_files_they_do_not_have() -> None:
     found = []
     for path in text_files():
+        if path == Path(__file__).resolve():
+            continue  # names them to find them
         text = path.read_bytes().decode("utf-8", "replace")
-        found += [f"{path.relative_to(REPO)}: {name}" for name in NOT_IN_THE_REPO if name in text]
+        found += [f"{path.relative_to(REPO)}: {m.group(0)}" for m in NOT_IN_THE_REPO.finditer(text)]
     assert not found, f"these files cite documents that are not in the repository: {found}"
+
+
+# Words that look like repository paths and are not: run output (git-ignored), a ratio, the
+# package's installed example (/etc/cortexd/examples/iris, packaging/README.md).
+NOT_PATHS = ("bench/results", "cortexd/ceiling", "examples/iris")
+
+
+def exists_in_repo(named: str) -> bool:
+    """A file or folder, or a module's attribute (`tests/v2_harness.LoopbackBackend`)."""
+    if (REPO / named).exists() or named.startswith(NOT_PATHS):
+        return True
+    module, _, attribute = named.rpartition(".")
+    return bool(module) and attribute.isidentifier() and (REPO / f"{module}.py").exists()
+
+
+def test_repository_paths_the_code_names_exist() -> None:
+    """A docstring or comment that sends the reader to a docs page or a module must lead somewhere."""
+    found = []
+    for path in text_files():
+        if path.suffix == ".md" and path.parent in (REPO, DOCS) or path == Path(__file__).resolve():
+            continue  # the pages have their own test above; this file names examples of bad paths
+        text = path.read_bytes().decode("utf-8", "replace")
+        named = {m.group(1).rstrip("/.") for m in REPO_PATH.finditer(text)}
+        found += [f"{path.relative_to(REPO)}: {p}" for p in sorted(named) if not exists_in_repo(p)]
+    assert not found, f"these files name repository paths that do not exist: {found}"
 
 
 # -- the front door -------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Observability through a real daemon: the tracker, /metrics, /readyz and `cortexd get`.
 
-SPEC sections 3, 5 and 6; issue 6. Every figure checked here is exact for the requests the
+Every figure checked here is exact for the requests the
 test sent, so a wrong count, a lost prediction or a counted skip fails the test.
 """
 

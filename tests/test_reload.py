@@ -1,4 +1,4 @@
-"""`cortexd reload` under concurrent load: not one request may fail (SPEC section 6)."""
+"""`cortexd reload` under concurrent load: not one request may fail."""
 
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def test_reload_under_load_changes_only_what_changed_and_fails_nothing(project, 
             wait_for(lambda: len(d.replica_pids("scaled")) == 2, 30, what="the second scaled replica")
 
             # 2. Edit a predictor and change metadata. Every API whose python_path holds
-            #    the edited file is replaced (SPEC: Python files under its python_path).
+            #    the edited file is replaced (Python files under its python_path).
             with open(os.path.join(project, "edited.py"), "w") as f:
                 f.write(textwrap.dedent(ECHO).replace('"v1"', '"v2"'))
             with open(os.path.join(project, "cortex.yaml"), "w") as f:

@@ -1,4 +1,4 @@
-"""End to end: a real `cortexd serve`, real replica processes, real HTTP (SPEC section 3)."""
+"""End to end: a real `cortexd serve`, real replica processes, real HTTP."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The daemon's settings: each declared once, with its default, its `serve` flag and help.
 
-`cortexd serve --help`, the daemon and docs/reference/cli.md all read these rows; nothing
+`cortexd serve --help`, the daemon and docs/cli.md all read these rows; nothing
 else writes a default down.
 """
 

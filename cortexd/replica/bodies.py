@@ -18,7 +18,7 @@ import numpy as np
 
 from cortexd.replica.jsonable import to_jsonable
 
-# Deepest JSON nesting a request may have (documented in docs/reference/http.md). Real
+# Deepest JSON nesting a request may have (documented in docs/http.md). Real
 # payloads (tensors of rank <= 8 inside a few objects) stay far below it; Python's own
 # parser and encoder fail near 1,000.
 MAX_JSON_DEPTH = 128

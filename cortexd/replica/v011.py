@@ -96,6 +96,7 @@ class HandledModel:
                  in_signature: Any, out_signature: Any) -> None:
         self._run = run
         self.describe = describe
+        self.client: Any = None  # the model client; the V2 endpoint runs the model itself (cortexd/v2)
         self._in, self._out = in_signature, out_signature
         self._metadata = ctx.config
         self._pre: Callable[..., Any] | None = None
@@ -135,16 +136,21 @@ def load(ctx: ReplicaSpec) -> Any:
 
         if not ctx.model_path:
             raise PredictorLoadError(f"api {ctx.api_name}: onnx.model is required")
-        client = ONNXClient(ctx.model_path, ctx.gpus, ctx.cpu)
-        return HandledModel(
+        client = ONNXClient(ctx.model_path, ctx.gpus, ctx.cpu, ctx.gpu_mem)
+        handled = HandledModel(
             ctx, client.predict, client.describe, client.session.get_inputs(), client.session.get_outputs()
         )
+        handled.client = client
+        return handled
     if ctx.kind == "tensorflow":
         from cortexd.replica.tf_predictor import TensorFlowClient
 
         if not ctx.model_path:
             raise PredictorLoadError(f"api {ctx.api_name}: tensorflow.model is required")
-        tf_client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu, outputs="flat")
+        tf_client = TensorFlowClient(ctx.model_path, ctx.signature_key, ctx.cpu, ctx.gpu_mem if ctx.gpus else None,
+                                     outputs="flat")
         signature = tf_client.signature_def_map()
-        return HandledModel(ctx, tf_client.predict, tf_client.describe, signature, signature)
+        handled = HandledModel(ctx, tf_client.predict, tf_client.describe, signature, signature)
+        handled.client = tf_client
+        return handled
     raise PredictorLoadError(f"api {ctx.api_name}: unknown predictor kind {ctx.kind!r}")

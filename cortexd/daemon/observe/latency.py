@@ -93,7 +93,7 @@ class LatencyStats:
         return value * 1000.0
 
     def snapshot(self) -> dict[str, Any]:
-        """The `metrics` object of `cortexd get --json` (SPEC section 6)."""
+        """The `metrics` object of `cortexd get --json`."""
         p50 = self.quantile(0.5)
         p99 = self.quantile(0.99)
         return {

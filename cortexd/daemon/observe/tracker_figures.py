@@ -66,7 +66,7 @@ def merge(model_type: str, into: Figures, delta: Figures) -> None:
 
 
 def public(model_type: str, figures: Figures) -> dict[str, Any]:
-    """Figures as `cortexd get --json` shows them (SPEC section 6)."""
+    """Figures as `cortexd get --json` shows them."""
     if model_type == CLASSIFICATION:
         assert isinstance(figures, dict)
         # Most frequent first, so tables and JSON read the same way.
