@@ -20,11 +20,12 @@ $(VENV)/.installed: pyproject.toml setup.py
 examples: venv
 	$(PY) examples/build_models.py
 
-# The examples' APIs on $(PORT), V2 REST included; gRPC is off here: run the same command with
-# --grpc-port 8001 for it (docs/v2.md).
+# The examples' APIs on $(PORT), V2 REST included. SERVE_ARGS adds `cortexd serve` flags, e.g.
+# `make run SERVE_ARGS="--grpc-port 8001"` for V2 over gRPC (docs/v2.md).
+SERVE_ARGS ?=
 run: venv examples
 	$(VENV)/bin/cortexd serve --config examples/cortex.yaml --port $(PORT) \
-		--state-dir .cortexd/state --log-dir .cortexd/log
+		--state-dir .cortexd/state --log-dir .cortexd/log $(SERVE_ARGS)
 
 # The linter and the type checker (settings in pyproject.toml: ruff on the code, tests, scripts
 # and examples; mypy --strict on cortexd/).
