@@ -20,6 +20,7 @@ the HTTP app calls them and every rule is a row in tests/test_security_access.py
   or /metrics. `*` answers every origin; a list answers only those origins (echoed, with
   `Vary: Origin`); `none` sends no CORS headers. A preflight echoes the requested headers.
 - TLS (`serve --tls-cert FILE --tls-key FILE`): an ssl.SSLContext for the server, TLS 1.2+.
+  The gRPC port's credentials, from the same files: serving/v2_backend.py.
 """
 
 from __future__ import annotations
@@ -321,6 +322,8 @@ def cors_headers(
 
 # ---------------------------------------------------------------- TLS
 
+TLS_PAIR = "--tls-cert and --tls-key go together: give both (PEM files), or neither"
+
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     """`serve --tls-cert FILE --tls-key FILE`: the server's SSLContext (TLS 1.2 and later), or
@@ -330,13 +333,15 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     if not cert and not key:
         return None
     if not cert or not key:
-        raise AccessConfigError("--tls-cert and --tls-key go together: give both (PEM files), or neither")
+        raise AccessConfigError(TLS_PAIR)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert, key)
     except FileNotFoundError as exc:
-        raise AccessConfigError(f"--tls-cert/--tls-key: {exc.filename or cert}: no such file") from None
+        # load_cert_chain's error names no file: find the one that is not there.
+        missing = exc.filename or next((p for p in (cert, key) if not os.path.exists(p)), cert)
+        raise AccessConfigError(f"--tls-cert/--tls-key: {missing}: no such file") from None
     except (ssl.SSLError, OSError) as exc:
         raise AccessConfigError(
             f"--tls-cert {cert} / --tls-key {key}: cannot load them ({exc}); both must be PEM, "
