@@ -52,17 +52,24 @@ class DaemonV2Backend:
         return answer.status, dict(answer.headers or {}), bytes(answer.body)
 
 
+# The health calls, open as /healthz and /v2/health/{live,ready} are: probes carry no key.
+OPEN_CALLS = frozenset(("/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"))
+
+
+def grpc_needs_key(method: str, keys_on: bool) -> bool:
+    """Whether a gRPC call (its full method name) must carry an API key."""
+    return keys_on and method not in OPEN_CALLS
+
+
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """With --api-keys, gRPC calls need the key too: metadata `authorization: Bearer KEY` or
-    `x-api-key: KEY`, as the HTTP port's headers. Health calls stay open, as /healthz."""
-
-    _OPEN = ("/inference.GRPCInferenceService/ServerLive",)
+    `x-api-key: KEY`, as the HTTP port's headers. ServerLive and ServerReady stay open."""
 
     def __init__(self, access: Access) -> None:
         self._access = access
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        if not self._access.keys or details.method in self._OPEN:
+        if not grpc_needs_key(details.method, bool(self._access.keys)):
             return await continuation(details)
         metadata = {k.lower(): v for k, v in (details.invocation_metadata or ())}
         if self._access.keys.matches(presented_key(metadata)):
