@@ -98,6 +98,14 @@ def test_the_grpc_port_speaks_tls_with_the_http_ports_certificate(tmp_path: Path
             assert client.infer("iris", inputs).as_numpy("label").tolist() == expected_labels()
         finally:
             client.close()
+        tritonhttp = pytest.importorskip("tritonclient.http")  # REST over HTTPS, as docs/v2.md shows it
+        rest = tritonhttp.InferenceServerClient(f"localhost:{daemon.port}", ssl=True, ssl_options={"ca_certs": cert})
+        try:
+            assert rest.is_server_ready()
+            inputs = [tritonhttp.InferInput("input", list(SAMPLES.shape), "FP32").set_data_from_numpy(SAMPLES)]
+            assert rest.infer("iris", inputs).as_numpy("label").tolist() == expected_labels()
+        finally:
+            rest.close()
     finally:
         assert daemon.stop() == 0, daemon.stderr()
 

@@ -15,8 +15,9 @@ the HTTP app calls them and every rule is a row in tests/test_security_access.py
   and `GET <endpoint>` need `Authorization: Bearer <key>` or `X-API-Key: <key>`, else 401;
   `/healthz` is always open, and so are the V2 health checks `/v2/health/live` and
   `/v2/health/ready` (kubelet probes carry no key; Triton and KServe leave them open too);
-  `/readyz` and `/metrics` need a key too unless `--api-keys-metrics open`. Keys are compared in constant time, against every key. CORS
-  preflights (OPTIONS) need no key: browsers never send one with them.
+  `/readyz` and `/metrics` need a key too unless `--api-keys-metrics open`. Keys are compared
+  in constant time, against every key. CORS preflights (OPTIONS) need no key: browsers never
+  send one with them.
 - CORS (`serve --cors-origins`, default `*`): on endpoints only, never on /healthz, /readyz
   or /metrics. `*` answers every origin; a list answers only those origins (echoed, with
   `Vary: Origin`); `none` sends no CORS headers. A preflight echoes the requested headers.
