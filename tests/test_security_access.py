@@ -16,6 +16,7 @@ from cortexd.daemon.serving.access import (
     HEALTHZ,
     METRICS,
     READYZ,
+    V2_HEALTH,
     Access,
     AccessConfigError,
     AccessSettings,
@@ -156,6 +157,8 @@ def test_presented_key(headers: dict[str, str], key: str | None) -> None:
         (ENDPOINT, "GET", True, True, True),
         (ENDPOINT, "OPTIONS", True, True, False),  # preflights carry no credentials
         (HEALTHZ, "GET", True, True, False),
+        (V2_HEALTH, "GET", True, True, False),  # kubelet probes carry no key (Triton, KServe)
+        (V2_HEALTH, "GET", True, False, False),
         (READYZ, "GET", True, True, True),
         (METRICS, "GET", True, True, True),
         (READYZ, "GET", True, False, False),  # --api-keys-metrics open
@@ -166,8 +169,14 @@ def test_needs_key(kind: str, method: str, keys_on: bool, protect_service: bool,
     assert access.needs_key(kind, method, keys_on, protect_service) is needed
 
 
-@pytest.mark.parametrize("path, kind", [("/healthz", HEALTHZ), ("/readyz", READYZ), ("/metrics", METRICS),
-                                         ("/iris/classifier", ENDPOINT), ("/metrics/x", ENDPOINT)])
+@pytest.mark.parametrize("path, kind", [
+    ("/healthz", HEALTHZ), ("/readyz", READYZ), ("/metrics", METRICS),
+    ("/iris/classifier", ENDPOINT), ("/metrics/x", ENDPOINT),
+    ("/v2/health/live", V2_HEALTH), ("/v2/health/ready", V2_HEALTH), ("/v2/health/ready/", V2_HEALTH),
+    # everything else under /v2 names models or the server: a key, as an endpoint
+    ("/v2", ENDPOINT), ("/v2/health", ENDPOINT), ("/v2/health/other", ENDPOINT), ("/v2/health/live/x", ENDPOINT),
+    ("/v2/models/iris/ready", ENDPOINT), ("/v2/models/health/ready", ENDPOINT), ("/x/v2/health/live", ENDPOINT),
+])
 def test_route_kind(path: str, kind: str) -> None:
     assert access.route_kind(path) == kind
 
@@ -249,6 +258,8 @@ APP = "https://app.example.com"
         (METRICS, ("*",), APP, False, None, {}),
         (READYZ, ("*",), APP, False, None, {}),
         (HEALTHZ, ("*",), APP, True, None, {}),
+        (V2_HEALTH, ("*",), APP, False, None, {"Access-Control-Allow-Origin": "*"}),  # as the rest of /v2
+        (V2_HEALTH, (APP,), APP, False, None, {"Access-Control-Allow-Origin": APP, "Vary": "Origin"}),
         (ENDPOINT, (), APP, False, None, {}),
         (ENDPOINT, (APP,), APP, False, None, {"Access-Control-Allow-Origin": APP, "Vary": "Origin"}),
         (ENDPOINT, (APP,), "https://evil.example", False, None, {"Vary": "Origin"}),
@@ -309,3 +320,10 @@ def test_tls_context_errors(tmp_path: Any, which: str, message: str) -> None:
     with pytest.raises(AccessConfigError, match=message):
         access.tls_context(*args)
     assert not os.path.exists(tmp_path / "nope.pem")
+
+
+def test_tls_context_names_the_file_that_is_missing(tmp_path: Any) -> None:
+    cert, _key = self_signed(tmp_path)
+    missing = str(tmp_path / "nope.key")
+    with pytest.raises(AccessConfigError, match=f"{missing}: no such file"):
+        access.tls_context(cert, missing)

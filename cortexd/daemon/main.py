@@ -48,7 +48,7 @@ from cortexd.daemon.pump import STALL_S, EventPump
 from cortexd.daemon.serving.access import Access, AccessConfigError, AccessSettings, tls_context
 from cortexd.daemon.serving.app import ConnectionLimits, build_app, guarded_protocol
 from cortexd.daemon.serving.proxy import Proxy, ProxySettings
-from cortexd.daemon.serving.v2_backend import ApiKeyInterceptor, DaemonV2Backend
+from cortexd.daemon.serving.v2_backend import ApiKeyInterceptor, DaemonV2Backend, grpc_credentials
 from cortexd.daemon.settings import DaemonSettings
 from cortexd.daemon.systemd import Notifier
 from cortexd.models import ArchiveLimits
@@ -77,6 +77,7 @@ class Daemon:
         self.access = Access(AccessSettings.from_options(  # reads --api-keys: AccessConfigError if it cannot
             settings.api_keys or None, settings.api_keys_metrics, settings.debug_from, settings.cors_origins))
         self.tls = tls_context(settings.tls_cert or None, settings.tls_key or None)
+        self.grpc_tls = grpc_credentials(settings.tls_cert or None, settings.tls_key or None)  # the same files
         archive_limits = ArchiveLimits(max_unpacked_bytes=settings.max_model_unpacked,
                                        max_ratio=settings.max_model_unpack_ratio)
         self.stop_requested = asyncio.Event()
@@ -197,7 +198,7 @@ class Daemon:
             try:
                 grpc_server, _ = await grpc_service.serve(
                     v2, self.settings.host, self.settings.grpc_port, self.settings.max_body_bytes,
-                    interceptors=[ApiKeyInterceptor(self.access)])
+                    interceptors=[ApiKeyInterceptor(self.access)], credentials=self.grpc_tls)
             except RuntimeError as exc:
                 print(f"cortexd: {exc}", file=sys.stderr)
                 server.close()

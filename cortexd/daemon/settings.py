@@ -72,7 +72,8 @@ class DaemonSettings:
                                "loopback only; none: from no address)", metavar="CIDR,...")
     cors_origins: str = _setting("*", "--cors-origins", "origins browsers may call the endpoints from (none: no "
                                  "CORS headers)", metavar="ORIGIN,...")
-    tls_cert: str = _setting("", "--tls-cert", "serve HTTPS with this PEM certificate (default: HTTP)")
+    tls_cert: str = _setting("", "--tls-cert", "serve HTTPS (and gRPC over TLS) with this PEM "
+                              "certificate (default: HTTP)")
     tls_key: str = _setting("", "--tls-key", "the certificate's PEM private key")
     # Model sources (docs/security.md).
     max_model_unpacked: int = _setting(16 << 30, "--max-model-unpacked", "largest total a model archive may "

@@ -9,7 +9,8 @@ REST endpoint would put in {"error": ...}:
     400 INVALID_ARGUMENT   404 NOT_FOUND    413 RESOURCE_EXHAUSTED   415 INVALID_ARGUMENT
     500 INTERNAL           503 UNAVAILABLE  504 DEADLINE_EXCEEDED
 
-`serve(backend, host, port)` starts the server (off by default; `cortexd serve --grpc-port`).
+`serve(backend, host, port)` starts the server (off by default; `cortexd serve --grpc-port`),
+plaintext, or TLS with `credentials` (the daemon's --tls-cert/--tls-key, as on its HTTP port).
 """
 
 from __future__ import annotations
@@ -124,9 +125,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 async def serve(
     backend: V2Backend, host: str, port: int, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    interceptors: Sequence[Any] = (),
+    interceptors: Sequence[Any] = (), credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start the gRPC server on host:port (0: a free port); (server, the port bound).
+    """Start the gRPC server on host:port (0: a free port); (server, the port bound), over
+    TLS with `credentials` (grpc.ssl_server_credentials), else plaintext.
     Stop it with `await server.stop(grace_seconds)`. Raises RuntimeError when the port
     cannot be bound."""
     server = grpc.aio.server(
@@ -139,11 +141,16 @@ async def serve(
     )
     _add_servicer(InferenceServicer(backend), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    # gRPC says "failed to bind" for a certificate it cannot use, too: say both.
+    hint = " (or cannot use the TLS certificate and key)" if credentials is not None else ""
     try:
-        bound = server.add_insecure_port(address)
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
-        raise RuntimeError(f"gRPC: cannot listen on {address}: {exc}") from None
+        raise RuntimeError(f"gRPC: cannot listen on {address}{hint}: {exc}") from None
     if bound == 0:
-        raise RuntimeError(f"gRPC: cannot listen on {address}")
+        raise RuntimeError(f"gRPC: cannot listen on {address}{hint}")
     await server.start()
     return server, bound

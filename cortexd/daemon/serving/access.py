@@ -13,13 +13,16 @@ the HTTP app calls them and every rule is a row in tests/test_security_access.py
 - API keys (`serve --api-keys FILE`, off by default): one key per line, `#` comments and
   blank lines ignored, each key at least 16 printable characters without spaces. Predictions
   and `GET <endpoint>` need `Authorization: Bearer <key>` or `X-API-Key: <key>`, else 401;
-  `/healthz` is always open; `/readyz` and `/metrics` need a key too unless
-  `--api-keys-metrics open`. Keys are compared in constant time, against every key. CORS
-  preflights (OPTIONS) need no key: browsers never send one with them.
+  `/healthz` is always open, and so are the V2 health checks `/v2/health/live` and
+  `/v2/health/ready` (kubelet probes carry no key; Triton and KServe leave them open too);
+  `/readyz` and `/metrics` need a key too unless `--api-keys-metrics open`. Keys are compared
+  in constant time, against every key. CORS preflights (OPTIONS) need no key: browsers never
+  send one with them.
 - CORS (`serve --cors-origins`, default `*`): on endpoints only, never on /healthz, /readyz
   or /metrics. `*` answers every origin; a list answers only those origins (echoed, with
   `Vary: Origin`); `none` sends no CORS headers. A preflight echoes the requested headers.
 - TLS (`serve --tls-cert FILE --tls-key FILE`): an ssl.SSLContext for the server, TLS 1.2+.
+  The gRPC port's credentials, from the same files: serving/v2_backend.py.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ if TYPE_CHECKING:  # ssl is imported when TLS is asked for: replicas import this
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 HEALTHZ, READYZ, METRICS, ENDPOINT = "healthz", "readyz", "metrics", "endpoint"
+V2_HEALTH = "v2-health"  # /v2/health/live and /v2/health/ready: open as /healthz, CORS as an endpoint
+# As cortexd/v2/rest.py routes them (trailing slashes stripped): nothing else under /v2 is open.
+_V2_HEALTH_PATHS = frozenset(("/v2/health/live", "/v2/health/ready"))
 DEBUG_HEADER = "X-Cortexd-Debug"
 DEBUG_REFUSED = "refused: debug logging is allowed from loopback and serve --debug-from addresses only"
 MIN_KEY_CHARS = 16
@@ -60,14 +66,19 @@ class AccessConfigError(Exception):
 
 
 def route_kind(path: str) -> str:
-    """Which rules apply to a path: the three service paths, or an API endpoint (any other)."""
+    """Which rules apply to a path: the three service paths, or endpoint_kind's."""
     if path == "/healthz":
         return HEALTHZ
     if path == "/readyz":
         return READYZ
     if path == "/metrics":
         return METRICS
-    return ENDPOINT
+    return endpoint_kind(path)
+
+
+def endpoint_kind(path: str) -> str:
+    """The rules for a path the endpoint handler serves: the V2 health checks, or an endpoint."""
+    return V2_HEALTH if path.rstrip("/") in _V2_HEALTH_PATHS else ENDPOINT
 
 
 # ---------------------------------------------------------------- debug
@@ -260,7 +271,7 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 
 
 def needs_key(kind: str, method: str, keys_on: bool, protect_service: bool) -> bool:
-    if not keys_on or kind == HEALTHZ:
+    if not keys_on or kind in (HEALTHZ, V2_HEALTH):
         return False
     if kind in (READYZ, METRICS):
         return protect_service
@@ -301,7 +312,7 @@ def cors_headers(
 ) -> dict[str, str]:
     """CORS headers for an answer on `kind`; {} where none belong. The dict may be shared:
     copy it before changing it."""
-    if kind != ENDPOINT or not origins:
+    if kind not in (ENDPOINT, V2_HEALTH) or not origins:
         return _NONE
     if origins == ("*",):
         if not preflight:
@@ -321,6 +332,8 @@ def cors_headers(
 
 # ---------------------------------------------------------------- TLS
 
+TLS_PAIR = "--tls-cert and --tls-key go together: give both (PEM files), or neither"
+
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     """`serve --tls-cert FILE --tls-key FILE`: the server's SSLContext (TLS 1.2 and later), or
@@ -330,13 +343,15 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     if not cert and not key:
         return None
     if not cert or not key:
-        raise AccessConfigError("--tls-cert and --tls-key go together: give both (PEM files), or neither")
+        raise AccessConfigError(TLS_PAIR)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert, key)
     except FileNotFoundError as exc:
-        raise AccessConfigError(f"--tls-cert/--tls-key: {exc.filename or cert}: no such file") from None
+        # load_cert_chain's error names no file: find the one that is not there.
+        missing = exc.filename or next((p for p in (cert, key) if not os.path.exists(p)), cert)
+        raise AccessConfigError(f"--tls-cert/--tls-key: {missing}: no such file") from None
     except (ssl.SSLError, OSError) as exc:
         raise AccessConfigError(
             f"--tls-cert {cert} / --tls-key {key}: cannot load them ({exc}); both must be PEM, "

@@ -19,7 +19,15 @@ from typing import Any, Protocol
 from sanic.http.constants import Stage
 from sanic.server.protocols.http_protocol import HttpProtocol
 
-from cortexd.daemon.serving.access import ENDPOINT, METRICS, READYZ, Access, forwarded_query, route_kind
+from cortexd.daemon.serving.access import (
+    ENDPOINT,
+    METRICS,
+    READYZ,
+    Access,
+    endpoint_kind,
+    forwarded_query,
+    route_kind,
+)
 from cortexd.daemon.serving.answers import head_too_large
 from cortexd.daemon.serving.proxy import Answer, Proxy, forwarded_headers
 from cortexd.v2 import rest as v2_rest
@@ -166,7 +174,8 @@ def build_app(proxy: Proxy, views: Views, access: Access, limits: ConnectionLimi
         headers = request.headers
         if method == "OPTIONS":  # a CORS preflight: no key, requested headers echoed
             return HTTPResponse(b"", status=204, headers=access.cors(ENDPOINT, headers, preflight=True))
-        denied = refused(ENDPOINT, request)  # before routing: without a key, no list of endpoints
+        # Before routing: without a key, no list of endpoints. The V2 health checks need none.
+        denied = refused(endpoint_kind(request.path), request)
         if denied is not None:
             return denied
         cors = access.cors(ENDPOINT, headers)

@@ -3,6 +3,9 @@
 The V2 front ends (the REST router on the host port, the gRPC service on --grpc-port) ask
 this backend; inference requests go through the API's own queue (batching, deadlines,
 retries, metrics, tracker, `cortexd get`), as `POST /v2/infer` to its replica.
+
+The gRPC port's access rules live here too, as the HTTP port's do in access.py: its TLS
+credentials (the same --tls-cert/--tls-key files) and the API-key interceptor.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from typing import Any
 import grpc
 
 from cortexd.daemon.fleet.supervisor import Supervisor
-from cortexd.daemon.serving.access import Access, presented_key
+from cortexd.daemon.serving.access import TLS_PAIR, Access, AccessConfigError, presented_key
 from cortexd.daemon.serving.proxy import Proxy
 from cortexd.v2.backend import ModelEntry
+
+MAX_PEM_BYTES = 1 << 20  # a certificate chain or a key is a few KiB; more is not one
 
 
 class DaemonV2Backend:
@@ -47,17 +52,24 @@ class DaemonV2Backend:
         return answer.status, dict(answer.headers or {}), bytes(answer.body)
 
 
+# The health calls, open as /healthz and /v2/health/{live,ready} are: probes carry no key.
+OPEN_CALLS = frozenset(("/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"))
+
+
+def grpc_needs_key(method: str, keys_on: bool) -> bool:
+    """Whether a gRPC call (its full method name) must carry an API key."""
+    return keys_on and method not in OPEN_CALLS
+
+
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """With --api-keys, gRPC calls need the key too: metadata `authorization: Bearer KEY` or
-    `x-api-key: KEY`, as the HTTP port's headers. Health calls stay open, as /healthz."""
-
-    _OPEN = ("/inference.GRPCInferenceService/ServerLive",)
+    `x-api-key: KEY`, as the HTTP port's headers. ServerLive and ServerReady stay open."""
 
     def __init__(self, access: Access) -> None:
         self._access = access
 
     async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        if not self._access.keys or details.method in self._OPEN:
+        if not grpc_needs_key(details.method, bool(self._access.keys)):
             return await continuation(details)
         metadata = {k.lower(): v for k, v in (details.invocation_metadata or ())}
         if self._access.keys.matches(presented_key(metadata)):
@@ -68,3 +80,28 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
                                 "missing or invalid API key: send authorization: Bearer <key> or x-api-key: <key>")
 
         return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def _read_pem(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PEM_BYTES + 1)
+    except FileNotFoundError:
+        raise AccessConfigError(f"--tls-cert/--tls-key: {path}: no such file") from None
+    except OSError as exc:
+        raise AccessConfigError(f"--tls-cert/--tls-key: {path}: cannot read it ({exc.strerror or exc})") from None
+    if len(data) > MAX_PEM_BYTES or b"-----BEGIN " not in data:
+        raise AccessConfigError(f"--tls-cert/--tls-key: {path}: not a PEM file")
+    return data
+
+
+def grpc_credentials(cert: str | None, key: str | None) -> grpc.ServerCredentials | None:
+    """`serve --tls-cert FILE --tls-key FILE` on the gRPC port: TLS with the HTTP port's
+    certificate and key, or None (neither given): plaintext. Raises AccessConfigError naming
+    the file. The daemon calls access.tls_context first, which checks that the key matches
+    the certificate; gRPC itself would only say it cannot bind the port."""
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise AccessConfigError(TLS_PAIR)
+    return grpc.ssl_server_credentials([(_read_pem(key), _read_pem(cert))])
