@@ -106,6 +106,9 @@ def test_the_grpc_port_speaks_tls_with_the_http_ports_certificate(tmp_path: Path
             assert rest.infer("iris", inputs).as_numpy("label").tolist() == expected_labels()
         finally:
             rest.close()
+        # the log says what an operator would check: both ports encrypted
+        log = daemon.stderr()
+        assert f"listening on https://127.0.0.1:{daemon.port}" in log and "over gRPC with TLS on" in log, log
     finally:
         assert daemon.stop() == 0, daemon.stderr()
 

@@ -203,11 +203,12 @@ class Daemon:
                 print(f"cortexd: {exc}", file=sys.stderr)
                 server.close()
                 return 1
-            log.info("Open Inference Protocol over gRPC on %s:%d", self.settings.host, self.settings.grpc_port)
+            log.info("Open Inference Protocol over gRPC%s on %s:%d", " with TLS" if self.grpc_tls else "",
+                     self.settings.host, self.settings.grpc_port)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_requested.set)
-        log.info("cortexd %s listening on http://%s:%d (at most %d client connections)", __version__,
-                 self.settings.host, self.settings.port, limits.max_connections)
+        log.info("cortexd %s listening on %s://%s:%d (at most %d client connections)", __version__,
+                 "https" if self.tls else "http", self.settings.host, self.settings.port, limits.max_connections)
         runner = self._spawn(self.pump.run())
         flusher = self._spawn(self._flush_loop())
         # Quick: declares the APIs and starts one pipeline each; none is waited for. Done before
