@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from cortexd import batchframe
@@ -21,6 +22,8 @@ from cortexd.protocol import ReplicaSpec
 from cortexd.replica import batching
 from cortexd.replica.main import build_handler
 from cortexd.replica.predictors import load_predictor
+from tests import modelgen
+from tests.daemon_harness import wait_for
 
 Handler = Any
 # (query, headers as the client sent them, body)
@@ -262,8 +265,6 @@ def test_post_predict_runs_once_per_request_with_its_own_values(tmp_path: Path) 
     def lines() -> list[Any]:
         return sorted(json.loads(line) for line in log.read_text().splitlines()) if log.exists() else []
 
-    from tests.daemon_harness import wait_for
-
     wait_for(lambda: len(lines()) == 2, timeout=10, what="post_predict twice")
     assert lines() == [[10, 1, "a", "t1"], [20, 2, "b", None]]
 
@@ -291,8 +292,8 @@ def test_v2_on_a_batching_python_api_calls_predict_with_a_list_of_one(tmp_path: 
     assert {o["name"]: o["data"] for o in out["outputs"]} == {"y": [2.0, 4.0], "n": [1]}
     status, out = v2(handle, [{"name": "short", "datatype": "FP32", "shape": [1], "data": [1]}])
     assert status == 500
-    assert "must return a list with one prediction per payload, in order; it returned 0 predictions for a batch of 1" in (
-        out["error"])
+    assert out["error"].startswith("prediction failed: predict takes a list of payloads when server_side_batching")
+    assert "it returned 0 predictions for a batch of 1" in out["error"]
     # the same predictor without batching gets the dict itself
     unbatched = handler_for(spec(tmp_path, write(tmp_path, "m.py", MODULE_LISTS), 0, CALL_MODULE))
     status, out = v2(unbatched, [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}])
@@ -304,3 +305,39 @@ def test_v2_on_a_batching_v017_api_passes_lists_of_one(tmp_path: Path) -> None:
     status, out = v2(handle, [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}])
     assert status == 200, out
     assert {o["name"]: o["data"] for o in out["outputs"]} == {"y": [2.0, 4.0], "query": [0], "headers": [0]}
+
+
+# -- an ONNX predictor class of the v0.17+ form: called per request, the model run once ------------
+
+ONNX_REQUEST_FORM = """\
+    class ONNXPredictor:
+        def __init__(self, onnx_client, config):
+            self.client = onnx_client
+
+        def predict(self, payload, query_params, headers):
+            label = int(self.client.predict({"input": payload["x"]})[1][0])
+            return {"label": label, "id": query_params.get("id"), "tag": headers.get("x-tag")}
+"""
+
+
+def test_an_onnx_class_gets_each_requests_own_query_and_headers(tmp_path: Path) -> None:
+    model = modelgen.onnx_linear(str(tmp_path / "linear.onnx"))
+    path = write(tmp_path, "o.py", ONNX_REQUEST_FORM)
+
+    def onnx_spec(size: int) -> ReplicaSpec:
+        return ReplicaSpec(api_name="api", kind="onnx", predictor_path=path, model_path=model, signature_key=None,
+                           config={}, python_path=str(tmp_path), cpu=1.0, max_batch_size=size, call=CALL_CLASS_KWARGS)
+
+    single, batched = handler_for(onnx_spec(0)), handler_for(onnx_spec(8))
+    requests: list[Request] = [
+        ("id=1", [*J, ("X-Tag", "a")], b'{"x": [5.1, 3.5, 1.4, 0.2]}'),
+        ("id=2", [("Content-Type", "application/json; charset=utf-8")], b'{"x": [6.7, 3.0, 5.2, 2.3]}'),
+        ("id=3", [("Content-Type", "text/plain")], b'{"x": [1, 2, 3, 4]}'),  # a str payload: predict fails
+    ]
+    got = through_frame(batched, requests)
+    assert got == [alone(single, r) for r in requests]
+    w, b = modelgen.linear_weights()
+    labels = np.argmax(np.asarray([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32) @ w + b, axis=1)
+    assert [json.loads(body) for _, body, *_ in got[:2]] == [{"label": int(labels[0]), "id": "1", "tag": "a"},
+                                                           {"label": int(labels[1]), "id": "2", "tag": None}]
+    assert got[2][0] == 500 and "TypeError" in json.loads(got[2][1])["error"]

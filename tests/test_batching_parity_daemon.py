@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.daemon_harness import Client, Daemon, Response, write_project
-from tests.test_batching_parity import J, MULTIPART, REQUEST_FORM, Request
+from tests.test_batching_parity import MULTIPART, REQUEST_FORM, J, Request
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ YAML = """\
     type: python
     path: predictor.py
     threads_per_process: 8
-    server_side_batching: {{max_batch_size: 8, batch_interval: 2s}}
+    server_side_batching: {{max_batch_size: 8, batch_interval: 5s}}
     config: {{batched: true, log: {log}}}
   compute: {{cpu: 100m}}
 - name: single
