@@ -36,8 +36,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from cortexd import batchframe
 from cortexd.batchframe import FrameError
@@ -64,9 +63,9 @@ DEBUG_TRUNCATE = 2000
 HeaderPairs = list[tuple[str, str]]  # (name, value) as the client sent them
 
 
-@dataclass(frozen=True)
-class Request:
-    """One request of a batch, its body read as a single request's would be."""
+class Request(NamedTuple):
+    """One request of a batch, its body read as a single request's would be (a tuple: one
+    is made per request on the hot path)."""
 
     payload: Any
     query: str
@@ -95,6 +94,8 @@ def header_pairs(block: bytes) -> HeaderPairs:
     """The (name, value) pairs of a frame's headers slot, as the replica's server reads the
     header lines of a single request (server.parse_headers)."""
     out: HeaderPairs = []
+    if not block:  # the daemon forwards headers only to the dialects that read them
+        return out
     for line in block.split(b"\r\n"):
         name, sep, value = line.partition(b":")
         if sep:
@@ -229,11 +230,11 @@ class BatchHandler:
 
     def _render(self, outcome: Any) -> Rendered:
         """One request's answer, as the single-request path answers (replica/main.py)."""
-        if isinstance(outcome, PayloadError):
-            return _error(400, str(outcome))
-        if isinstance(outcome, BatchFailed):
-            return _error(500, f"prediction failed: {outcome}")
-        if isinstance(outcome, BaseException):
+        if isinstance(outcome, BaseException):  # one check for the usual case, a prediction
+            if isinstance(outcome, PayloadError):
+                return _error(400, str(outcome))
+            if isinstance(outcome, BatchFailed):
+                return _error(500, f"prediction failed: {outcome}")
             hint = missing_package_hint(outcome)
             return _error(error_status(self._call, outcome),
                           f"prediction failed: {type(outcome).__name__}: {outcome}" + (f"; {hint}" if hint else ""))
