@@ -22,12 +22,27 @@ Request frame (little-endian):
              forwards none (the slot is there for dialects that pass headers to predict)
     body:    the request body as received
 
-Answer frame (little-endian), the body of a 200 answer:
+Answer frame (little-endian), the body of a 200 answer, in one of two layouts. When every
+answer is JSON (the usual case):
 
     magic   4 bytes  b"CXR1"
     count   u32      N, the same as the request's
     table   N x (status u32, body_len u32)
     data    the N bodies in order (each a JSON document)
+
+When some answer is not (a prediction sent as text, bytes or a Response object,
+cortexd/replica/bodies.py render_prediction):
+
+    magic   4 bytes  b"CXR2"
+    count   u32      N
+    table   N x (status u32, headers_len u32, body_len u32)
+    data    for each answer in order: header lines, body
+
+    header lines: the answer's "name: value\\r\\n" lines, content-type first, exactly as a
+                  single answer's head carries them; empty for a JSON answer.
+
+The daemon reads an answer with header lines as a single answer of that head
+(daemon/serving/answers.py): a TypedPayload with its content type and headers.
 """
 
 from __future__ import annotations
@@ -36,10 +51,13 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from cortexd.daemon.serving import answers as typed
+
 BATCH_PATH = "/predict-batch"
 
 REQUEST_MAGIC = b"CXB1"
 ANSWER_MAGIC = b"CXR1"
+TYPED_ANSWER_MAGIC = b"CXR2"
 # A batch is at most max_batch_size requests; this only bounds what a corrupt count can ask for.
 MAX_ITEMS = 65536
 
@@ -74,10 +92,15 @@ def encode_request(items: Sequence[tuple[str, bytes, bytes]]) -> bytes:
     return b"".join([table, *data])
 
 
-def _table(frame: bytes | bytearray | memoryview, magic: bytes, columns: int, what: str) -> tuple[int, tuple[int, ...]]:
-    """(count, flat table) of a frame, with its size checked against the table."""
+def _magic(frame: bytes | bytearray | memoryview, what: str) -> bytes:
     if len(frame) < _HEAD.size:
         raise FrameError(f"{what} frame of {len(frame)} bytes is shorter than its {_HEAD.size}-byte header")
+    return bytes(frame[:4])
+
+
+def _table(frame: bytes | bytearray | memoryview, magic: bytes, columns: int, what: str) -> tuple[int, tuple[int, ...]]:
+    """(count, flat table) of a frame, with its size checked against the table."""
+    _magic(frame, what)  # refuses a frame shorter than its header
     got_magic, count = _HEAD.unpack_from(frame, 0)
     if got_magic != magic:
         raise FrameError(f"{what} frame starts with {bytes(got_magic)!r}, not {magic!r}")
@@ -108,32 +131,51 @@ def decode_request(frame: bytes | bytearray | memoryview) -> list[Item]:
     return items
 
 
-def encode_answer(answers: Sequence[tuple[int, bytes]]) -> bytes:
-    """An answer frame for (status, body) pairs, in the order of the request frame."""
+def encode_answer(answers: Sequence[tuple[int, bytes] | tuple[int, bytes, bytes]]) -> bytes:
+    """An answer frame for (status, body) pairs, or (status, body, header lines) for answers
+    that are not JSON, in the order of the request frame."""
     count = len(answers)
     if not 1 <= count <= MAX_ITEMS:
         raise FrameError(f"a batch holds 1 to {MAX_ITEMS} requests, not {count}")
     flat: list[int] = []
-    for status, body in answers:
-        flat += (status, len(body))
-    table = struct.pack(f"<4sI{2 * count}I", ANSWER_MAGIC, count, *flat)
-    return b"".join([table, *(body for _, body in answers)])
+    if all(len(answer) == 2 for answer in answers):
+        for answer in answers:
+            flat += (answer[0], len(answer[1]))
+        table = struct.pack(f"<4sI{2 * count}I", ANSWER_MAGIC, count, *flat)
+        return b"".join([table, *(answer[1] for answer in answers)])
+    data: list[bytes] = []
+    for answer in answers:
+        lines = answer[2] if len(answer) == 3 else b""
+        flat += (answer[0], len(lines), len(answer[1]))
+        data += (lines, answer[1])
+    table = struct.pack(f"<4sI{3 * count}I", TYPED_ANSWER_MAGIC, count, *flat)
+    return b"".join([table, *data])
 
 
 def decode_answer(frame: bytes | bytearray | memoryview, expected: int | None = None) -> list[tuple[int, bytes]]:
     """(status, body) per request of an answer frame; raises FrameError when it is not one,
-    or when it answers another number of requests than `expected`."""
-    count, table = _table(frame, ANSWER_MAGIC, 2, "answer")
+    or when it answers another number of requests than `expected`. The body of an answer
+    with header lines is what a single answer of that head gives (answers.payload_of):
+    plain bytes for JSON, else a TypedPayload carrying its content type and headers."""
+    typed_layout = _magic(frame, "answer") == TYPED_ANSWER_MAGIC
+    columns = 3 if typed_layout else 2
+    count, table = _table(frame, TYPED_ANSWER_MAGIC if typed_layout else ANSWER_MAGIC, columns, "answer")
     if expected is not None and count != expected:
         raise FrameError(f"answer frame has {count} answers for a batch of {expected} requests")
-    at = _HEAD.size + 8 * count
-    _check_size(frame, at, sum(table[1::2]), "answer")
+    at = _HEAD.size + 4 * columns * count
+    _check_size(frame, at, sum(table) - sum(table[0::columns]), "answer")
     view = memoryview(frame)
     out: list[tuple[int, bytes]] = []
-    for i in range(0, 2 * count, 2):
-        length = table[i + 1]
-        out.append((table[i], bytes(view[at : at + length])))
+    for i in range(0, columns * count, columns):
+        lines = b""
+        if typed_layout:
+            lines = bytes(view[at : at + table[i + 1]])
+            at += table[i + 1]
+        length = table[i + columns - 1]
+        body = bytes(view[at : at + length])
         at += length
+        # the head of a single answer: a status line, then these lines (answers.answer_headers)
+        out.append((table[i], typed.payload_of(b"\r\n" + lines, body) if lines else body))
     return out
 
 

@@ -98,3 +98,29 @@ def test_headers_slot_round_trip() -> None:
     assert block == b"x-request-id: abc\r\ncontent-type: application/json\r\n"
     assert batchframe.decode_headers(block) == {"x-request-id": "abc", "content-type": "application/json"}
     assert batchframe.decode_headers(b"") == {}
+
+
+def test_answers_that_are_not_json_carry_their_content_type_and_headers() -> None:
+    """A prediction rendered as text, bytes or a Response (replica/bodies.py) keeps its header
+    lines through the frame; the daemon gets it as a TypedPayload, as on the single path."""
+    answers = [
+        (200, b'{"y": 1}'),
+        (200, b"\x00raw", b"content-type: application/octet-stream\r\n"),
+        (201, b"<b>hi</b>", b"content-type: text/html\r\nx-made: yes\r\n"),
+        (200, b"[1]", b"content-type: application/json\r\n"),  # JSON without headers of its own
+    ]
+    frame = batchframe.encode_answer(answers)
+    assert frame[:4] == b"CXR2"
+    decoded = batchframe.decode_answer(frame, expected=4)
+    assert [(s, bytes(b)) for s, b in decoded] == [(s, b) for s, b, *_ in answers]
+    assert type(decoded[0][1]) is bytes and type(decoded[3][1]) is bytes  # JSON stays plain bytes
+    assert (decoded[1][1].content_type, decoded[1][1].headers) == ("application/octet-stream", ())  # type: ignore[attr-defined]
+    assert (decoded[2][1].content_type, decoded[2][1].headers) == ("text/html", (("x-made", "yes"),))  # type: ignore[attr-defined]
+    # all JSON: the frame keeps its first layout, byte for byte
+    assert batchframe.encode_answer([(200, b"1"), (400, b"{}")])[:4] == b"CXR1"
+
+
+def test_a_typed_answer_frame_with_a_bad_table_is_refused() -> None:
+    frame = batchframe.encode_answer([(200, b"x", b"content-type: text/plain\r\n")])
+    with pytest.raises(FrameError, match="its table describes"):
+        batchframe.decode_answer(frame[:-1])

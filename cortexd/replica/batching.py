@@ -1,20 +1,30 @@
 """The replica's side of server-side batching: answering `POST /predict-batch`.
 
 The daemon's queue forms batches and sends each as one request frame
-(cortexd/batchframe.py); this module parses every request's body on its own (a body that is
-not JSON gets its own 400 and stays out of the batch), runs the batch the way the API's
-kind wants, and answers one status and body per request in an answer frame.
+(cortexd/batchframe.py). A batched request gets exactly what it would get unbatched, apart
+from the predictor seeing lists:
+
+- its body is read on its own, as the API's dialect reads a single request: by its own
+  Content-Type for Cortex v0.17+ (cortexd/replica/payloads.py), else as JSON. A body that
+  cannot be read gets its own 400 and stays out of the batch;
+- its prediction is rendered on its own as a single one is (bodies.render_prediction: NaN,
+  text, bytes, Response objects), and the answer frame carries its status, content type and
+  headers; a prediction that cannot be sent is that request's 500 alone;
+- a predictor exception answers the status its release answered (calls.error_status).
 
 What the predictor sees (docs/batching.md):
 - python: `predict` receives the list of payloads and must return a list (or tuple, or a
   numpy array split along its first axis) of as many predictions, in order. Anything else
-  is a 500 for every request of the batch, with a message that says what came back.
+  is a 500 for every request of the batch, with a message that says what came back. The
+  v0.17+ form gets `query_params` and `headers` as lists too, one per payload
+  (calls.RequestPredictor.predict_batch).
 - onnx / tensorflow without a predictor: the samples are stacked along the batch axis,
   run once and split back (cortexd/replica/stacking.py); a sample that does not fit the
   model gets its own 400.
 - onnx / tensorflow with a predictor class: `predict(payload)` is called once per request,
-  as without batching, and the client it holds runs the model once for the whole batch
-  (cortexd/replica/gather.py): Cortex's documented behaviour for TensorFlow.
+  with that request's query_params and headers, as without batching, and the client it holds
+  runs the model once for the whole batch (cortexd/replica/gather.py): Cortex's documented
+  behaviour for TensorFlow.
 
 With batching on, a plain `POST /predict` is served as a batch of one, so the predictor
 always sees the same form.
@@ -26,21 +36,44 @@ import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from cortexd import batchframe
-from cortexd.batchframe import FrameError, Item
+from cortexd.batchframe import FrameError
+from cortexd.callconv import CALL_CLASS_KWARGS, CALL_HANDLER, CALL_MODULE
+from cortexd.daemon.serving.access import debug_requested
 from cortexd.protocol import ReplicaSpec
-from cortexd.replica.bodies import BodyError, encode_prediction, parse_body
+from cortexd.replica.bodies import BodyError, PredictionError, Rendered, parse_body, render_prediction
+from cortexd.replica.calls import error_status
 from cortexd.replica.gather import Gatherer, GatheringClient
 from cortexd.replica.jsonable import to_jsonable
-from cortexd.replica.predictors import PayloadError, Predictor, PredictorLoadError
+from cortexd.replica.packages import missing_package_hint
+from cortexd.replica.payloads import header, payload_of
+from cortexd.replica.predictors import (
+    BatchFailed,
+    PayloadError,
+    Predictor,
+    PredictorLoadError,
+    split_predictions,
+)
 from cortexd.replica.stacking import StackedModel, run_stacked
 
 DEBUG_TRUNCATE = 2000
 
-# payloads -> one outcome per payload: the prediction, or the exception it failed with
-Runner = Callable[[list[Any]], list[Any]]
+HeaderPairs = list[tuple[str, str]]  # (name, value) as the client sent them
+
+
+class Request(NamedTuple):
+    """One request of a batch, its body read as a single request's would be (a tuple: one
+    is made per request on the hot path)."""
+
+    payload: Any
+    query: str
+    headers: HeaderPairs
+
+
+# requests -> one outcome per request: its prediction, or the exception it failed with
+Runner = Callable[[list[Request]], list[Any]]
 _P = TypeVar("_P")  # a predictor, marked and handed back as it came
 
 
@@ -57,58 +90,52 @@ def _error(status: int, message: str) -> tuple[int, bytes]:
     return status, json.dumps({"error": message}).encode()
 
 
-class BatchFailed(Exception):
-    """The whole batch failed in a way that is nobody's payload's fault (answered 500)."""
+def header_pairs(block: bytes) -> HeaderPairs:
+    """The (name, value) pairs of a frame's headers slot, as the replica's server reads the
+    header lines of a single request (server.parse_headers)."""
+    out: HeaderPairs = []
+    if not block:  # the daemon forwards headers only to the dialects that read them
+        return out
+    for line in block.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if sep:
+            out.append((name.strip().decode("latin-1"), value.strip().decode("latin-1")))
+    return out
 
 
 # -- runners: one per kind of predictor --------------------------------------------------
 
 
-def split_predictions(result: Any, count: int) -> list[Any]:
-    """The per-request predictions of a batched Python predict's return value."""
-    what = "predict takes a list of payloads when server_side_batching is on and must return a list"
-    if isinstance(result, (list, tuple)):
-        items = list(result)
-    else:
-        np = sys.modules.get("numpy")
-        if np is not None and isinstance(result, np.ndarray) and result.ndim >= 1:
-            items = list(result)
-        else:
-            got = "None" if result is None else type(result).__name__
-            raise BatchFailed(f"{what} with one prediction per payload, in order; it returned {got}")
-    if len(items) != count:
-        raise BatchFailed(
-            f"{what} with one prediction per payload, in order; it returned {len(items)} predictions "
-            f"for a batch of {count}"
-        )
-    return items
+def python_runner(predictor: Predictor) -> Runner:
+    """A Python predictor: one predict call with the list of payloads (and, for the v0.17+
+    form, the lists of query parameters and headers)."""
+    predict_batch = getattr(predictor, "predict_batch", None)
 
-
-def python_runner(predict: Callable[[Any], Any]) -> Runner:
-    def run(payloads: list[Any]) -> list[Any]:
+    def run(requests: list[Request]) -> list[Any]:
+        payloads = [r.payload for r in requests]
         try:
-            result = predict(payloads)
+            if predict_batch is not None:
+                return list(predict_batch(payloads, [r.query for r in requests], [r.headers for r in requests]))
+            return split_predictions(predictor.predict(payloads), len(payloads))
         except PayloadError as exc:  # the predictor says the batch's payloads are wrong
+            return [exc] * len(payloads)
+        except BatchFailed as exc:
+            _log(f"prediction failed: {exc}")
             return [exc] * len(payloads)
         except BaseException as exc:  # sys.exit() and KeyboardInterrupt too: answer, never die
             _log(f"prediction failed:\n{traceback.format_exc()}")
-            return [exc] * len(payloads)
-        try:
-            return split_predictions(result, len(payloads))
-        except BatchFailed as exc:
-            _log(f"prediction failed: {exc}")
             return [exc] * len(payloads)
 
     return run
 
 
 def stacked_runner(model: StackedModel, format_outputs: Callable[[dict[str, Any]], Any]) -> Runner:
-    def run(payloads: list[Any]) -> list[Any]:
-        outcomes: list[Any] = [None] * len(payloads)
+    def run(requests: list[Request]) -> list[Any]:
+        outcomes: list[Any] = [None] * len(requests)
         feeds, where = [], []
-        for i, payload in enumerate(payloads):
+        for i, request in enumerate(requests):
             try:
-                feeds.append(model.to_inputs(payload))
+                feeds.append(model.to_inputs(request.payload))
                 where.append(i)
             except BaseException as exc:  # PayloadError: this request's 400
                 outcomes[i] = exc
@@ -124,9 +151,17 @@ def stacked_runner(model: StackedModel, format_outputs: Callable[[dict[str, Any]
     return run
 
 
-def gather_runner(gatherer: Gatherer, predict: Callable[[Any], Any]) -> Runner:
-    def run(payloads: list[Any]) -> list[Any]:
-        outcomes = gatherer.run_batch(predict, payloads)
+def gather_runner(gatherer: Gatherer, predictor: Predictor) -> Runner:
+    """A predictor class holding a GatheringClient: predict per request, side by side."""
+    predict_request = getattr(predictor, "predict_request", None)
+
+    def one(request: Request) -> Any:
+        if predict_request is not None:
+            return predict_request(request.payload, request.query, request.headers)
+        return predictor.predict(request.payload)
+
+    def run(requests: list[Request]) -> list[Any]:
+        outcomes = gatherer.run_batch(one, requests)
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, PayloadError):
                 _log("prediction failed:\n" + "".join(traceback.format_exception(outcome)))
@@ -139,10 +174,21 @@ def gather_runner(gatherer: Gatherer, predict: Callable[[Any], Any]) -> Runner:
 
 
 class BatchHandler:
-    """Answers batch frames (and, with batching on, single requests as batches of one)."""
+    """Answers batch frames (and, with batching on, single requests as batches of one).
 
-    def __init__(self, runner: Runner) -> None:
+    `call`, `nan_as_null`, `str_as_text`: the API's dialect and rendering options, as the
+    replica's single-request path uses them. `lists`: whether the predictor's predict takes
+    lists (a Python predictor); the replica's V2 path then calls it with a list of one."""
+
+    def __init__(self, runner: Runner, call: str = CALL_MODULE, nan_as_null: bool = False,
+                 str_as_text: bool = False, lists: bool = False) -> None:
         self._runner = runner
+        self._call = call
+        # Cortex v0.17+ handed predict the body by its Content-Type (cortexd/replica/payloads.py).
+        self._by_content_type = call in (CALL_CLASS_KWARGS, CALL_HANDLER)
+        self._nan_as_null = nan_as_null
+        self._str_as_text = str_as_text
+        self.lists = lists
 
     def frame(self, body: bytes) -> tuple[int, bytes]:
         """POST /predict-batch: an answer frame, or a 400 when the frame itself is unusable."""
@@ -150,47 +196,65 @@ class BatchHandler:
             items = batchframe.decode_request(body)
         except FrameError as exc:
             return _error(400, f"bad batch frame: {exc}")
-        return 200, batchframe.encode_answer(self.answer(items))
+        answers = self.answer([(item.query, header_pairs(item.headers), item.body) for item in items])
+        return 200, batchframe.encode_answer(answers)
 
-    def one(self, query: str, body: bytes) -> tuple[int, bytes]:
-        """POST /predict on a batching replica: a batch of one."""
-        return self.answer([Item(query, b"", body)])[0]
+    def one(self, query: str, body: bytes, headers: HeaderPairs | None = None) -> Rendered:
+        """POST /predict on a batching replica: a batch of one (`headers`: the request's, for
+        the dialects that read them)."""
+        return self.answer([(query, headers or [], body)])[0]
 
-    def answer(self, items: Sequence[Item]) -> list[tuple[int, bytes]]:
-        answers: list[tuple[int, bytes] | None] = [None] * len(items)
-        payloads: list[Any] = []
+    def answer(self, requests: Sequence[tuple[str, HeaderPairs, bytes]]) -> list[Rendered]:
+        """One answer per (query, headers, body), in order."""
+        answers: list[Rendered | None] = [None] * len(requests)
+        parsed: list[Request] = []
         where: list[int] = []
-        for i, item in enumerate(items):
+        for i, (query, headers, body) in enumerate(requests):
             try:
-                payloads.append(parse_body(item.body))
+                payload = payload_of(body, header(headers, "content-type")) if self._by_content_type \
+                    else parse_body(body)
             except BodyError as exc:
                 answers[i] = _error(400, str(exc))
                 continue
+            parsed.append(Request(payload, query, headers))
             where.append(i)
-            if "debug=true" in item.query:
-                _log(f"debug: sample: {_truncate(item.body.decode('utf-8', 'replace'))}")
-        if payloads:
-            for i, outcome in zip(where, self._runner(payloads), strict=True):
-                answer = answers[i] = _answer(outcome)
-                if "debug=true" in items[i].query:
-                    status, body = answer
-                    what = "prediction" if status == 200 else f"answer {status}"
-                    _log(f"debug: {what}: {_truncate(body.decode('utf-8', 'replace'))}")
+            if query and debug_requested(query):
+                _log(f"debug: sample: {_truncate(body.decode('utf-8', 'replace'))}")
+        if parsed:
+            for i, outcome in zip(where, self._runner(parsed), strict=True):
+                answer = answers[i] = self._render(outcome)
+                query = requests[i][0]
+                if query and debug_requested(query):
+                    _log(f"debug: {_shown(answer, outcome)}")
         return [a if a is not None else _error(500, "no answer") for a in answers]
 
+    def _render(self, outcome: Any) -> Rendered:
+        """One request's answer, as the single-request path answers (replica/main.py)."""
+        if isinstance(outcome, BaseException):  # one check for the usual case, a prediction
+            if isinstance(outcome, PayloadError):
+                return _error(400, str(outcome))
+            if isinstance(outcome, BatchFailed):
+                return _error(500, f"prediction failed: {outcome}")
+            hint = missing_package_hint(outcome)
+            return _error(error_status(self._call, outcome),
+                          f"prediction failed: {type(outcome).__name__}: {outcome}" + (f"; {hint}" if hint else ""))
+        try:
+            return render_prediction(outcome, self._nan_as_null, self._str_as_text)
+        except PredictionError as exc:
+            _log(f"prediction failed: {exc}")
+            return _error(500, str(exc))
+        except BaseException as exc:  # a result too deep to encode raises RecursionError
+            _log(f"prediction failed: {type(exc).__name__}: {exc}")
+            return _error(500, f"prediction failed: the result cannot be encoded as JSON: {type(exc).__name__}: {exc}")
 
-def _answer(outcome: Any) -> tuple[int, bytes]:
-    if isinstance(outcome, PayloadError):
-        return _error(400, str(outcome))
-    if isinstance(outcome, BatchFailed):
-        return _error(500, f"prediction failed: {outcome}")
-    if isinstance(outcome, BaseException):
-        return _error(500, f"prediction failed: {type(outcome).__name__}: {outcome}")
-    try:
-        return 200, encode_prediction(outcome)
-    except BaseException as exc:  # a result too deep to encode raises RecursionError
-        _log(f"prediction failed: {type(exc).__name__}: {exc}")
-        return _error(500, f"prediction failed: the result cannot be encoded as JSON: {type(exc).__name__}: {exc}")
+
+def _shown(answer: Rendered, outcome: Any) -> str:
+    """A debug line's account of one answer: the JSON itself, or what else it is."""
+    status, body = answer[0], answer[1]
+    if len(answer) == 3:
+        return f"prediction: {type(outcome).__name__} of {len(body)} bytes (status {status})"
+    what = "prediction" if status == 200 else f"answer {status}"
+    return f"{what}: {_truncate(body.decode('utf-8', 'replace'))}"
 
 
 # -- wiring ---------------------------------------------------------------------------------
@@ -243,12 +307,13 @@ def for_replica(predictor: Predictor, spec: ReplicaSpec) -> BatchHandler | None:
     client itself) or `gatherer` (a predictor class holding a GatheringClient)."""
     if spec.max_batch_size < 1:
         return None
+    options: dict[str, Any] = {"call": spec.call, "nan_as_null": spec.nan_as_null, "str_as_text": spec.str_as_text}
     stacked = getattr(predictor, "stacked_model", None)
     if stacked is not None:
-        return BatchHandler(stacked_runner(stacked, outputs_by_name))
+        return BatchHandler(stacked_runner(stacked, outputs_by_name), **options)
     gatherer = getattr(predictor, "gatherer", None)
     if gatherer is not None:
-        return BatchHandler(gather_runner(gatherer, predictor.predict))
+        return BatchHandler(gather_runner(gatherer, predictor), **options)
     if spec.kind != "python":
         raise PredictorLoadError(f"api {spec.api_name}: {spec.kind} predictor cannot batch")
-    return BatchHandler(python_runner(predictor.predict))
+    return BatchHandler(python_runner(predictor), lists=True, **options)

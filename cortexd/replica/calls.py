@@ -7,6 +7,10 @@
 - v0.34-v0.35: class `Handler`, `handle_post(...)` with the same arguments; it may return
   (result, callback), the callback run after the answer.
 
+With server_side_batching (v0.19+), each request argument the method declares is a list, one
+entry per request, in order, and it returns one answer per request (`predict_batch`); post_predict
+still runs once per request, with that request's own response, payload, query_params and headers.
+
 Constructors take their arguments by name too (config, tensorflow_client, onnx_client, ...).
 A predictor exception answers 406 in v0.11-v0.13 ("prediction failed"), 500 from v0.14,
 or the status of a Starlette/FastAPI HTTPException it raised (v0.14+).
@@ -20,7 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from cortexd.callconv import CALL_CLASS, CALL_CLASS_KWARGS, CALL_HANDLER, CALL_V011
-from cortexd.replica.predictors import PredictorLoadError
+from cortexd.replica.predictors import PredictorLoadError, split_predictions
 
 REQUEST_ARGS: tuple[str, ...] = ("payload", "query_params", "headers")
 
@@ -139,19 +143,42 @@ class RequestPredictor:
 
     def predict_request(self, payload: Any, query: str, headers: Iterable[tuple[str, str]] | None) -> Any:
         values = {"payload": payload, "query_params": QueryParams(query), "headers": Headers(headers or ())}
+        result = self._call(values)
+        if self._after is not None:
+            self._post_predict({**values, "response": result})
+        return result
+
+    def predict_batch(self, payloads: list[Any], queries: list[str],
+                      headers: list[Iterable[tuple[str, str]] | None]) -> list[Any]:
+        """One call for a batch (server_side_batching): payload, query_params and headers are
+        lists, one entry per request, in order, as Cortex passed them. Returns one prediction
+        per request; raises BatchFailed when the method returned anything else."""
+        values: dict[str, Any] = {
+            "payload": payloads,
+            "query_params": [QueryParams(q) for q in queries],
+            "headers": [Headers(h or ()) for h in headers],
+        }
+        predictions = split_predictions(self._call(values), len(payloads))
+        if self._after is not None:
+            for i, prediction in enumerate(predictions):   # each request its own post_predict
+                self._post_predict({name: value[i] for name, value in values.items()} | {"response": prediction})
+        return predictions
+
+    def _call(self, values: dict[str, Any]) -> Any:
         if self._params == ("payload",):
-            result = self._method(payload)
+            result = self._method(values["payload"])
         else:
             result = self._method(**{name: values[name] for name in self._params})
         if self._callbacks and isinstance(result, tuple) and len(result) == 2 and callable(result[1]):
             result, callback = result
             self._run_later(callback)
-        if self._after is not None:
-            values["response"] = result
-            after = self._after
-            args = {name: values[name] for name in self._after_params if name in values}
-            self._run_later(lambda: after(**args))
         return result
+
+    def _post_predict(self, values: dict[str, Any]) -> None:
+        after = self._after
+        assert after is not None
+        args = {name: values[name] for name in self._after_params if name in values}
+        self._run_later(lambda: after(**args))
 
     def _run_later(self, work: Callable[[], Any]) -> None:
         """Work that Cortex ran after answering: on a thread of its own, errors logged, never answered."""

@@ -66,7 +66,8 @@ def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = No
     inference request (cortexd/v2/hop.py), GET /info describes it.
 
     With server-side batching (`batch`), POST /predict-batch runs a batch frame and POST
-    /predict is a batch of one, so the predictor always sees the batched form. A predictor
+    /predict is a batch of one, so the predictor always sees the batched form; each request
+    of a batch is read and answered as below (cortexd/replica/batching.py). A predictor
     that takes query_params or headers (Cortex v0.17+) gets them; a predictor exception answers
     the status its Cortex release answered (calls.error_status). `nan_as_null`, `str_as_text`:
     how predictions go out (ReplicaSpec; bodies.render_prediction)."""
@@ -76,7 +77,10 @@ def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = No
     by_content_type = call in (CALL_CLASS_KWARGS, CALL_HANDLER)
     predict_path, info_path = protocol.PREDICT_PATH, protocol.INFO_PATH
     loads = parse_body
-    v2, v2_path = V2Predictor(predictor), v2_hop.REPLICA_PATH  # Open Inference Protocol (cortexd/v2)
+    # Open Inference Protocol (cortexd/v2): a Python predictor that takes lists under batching
+    # gets a V2 request as a list of one
+    v2 = V2Predictor(predictor, batched=batch is not None and batch.lists)
+    v2_path = v2_hop.REPLICA_PATH
 
     def error(status: int, message: str) -> tuple[int, bytes]:
         return status, json.dumps({"error": message}).encode()
@@ -85,7 +89,7 @@ def build_handler(predictor: Predictor, batch: batching.BatchHandler | None = No
                ) -> tuple[int, bytes] | tuple[int, bytes, bytes]:
         if path == predict_path and method == "POST":
             if batch is not None:
-                return batch.one(query, body)
+                return batch.one(query, body, headers)
             # The daemon passes "debug=true" only when its policy allows it (serving/access.py).
             debug = bool(query) and debug_requested(query)
             try:

@@ -7,7 +7,9 @@ spec's `call` says which Cortex era's interface the user's code follows: v0.11's
 (v011.py), the classes of v0.12+ (conventions.py), or the seed's forms (here).
 
 A predictor may also have `wants` (which of query_params / headers it takes) and
-`predict_request(payload, query, headers)`; the replica gathers those only when asked.
+`predict_request(payload, query, headers)`; the replica gathers those only when asked. With
+server-side batching, one of the v0.17+ form also has `predict_batch(payloads, queries,
+headers)` (cortexd/replica/calls.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,32 @@ class PayloadError(Exception):
 
 class PredictorLoadError(Exception):
     """The predictor cannot be loaded; the message names the file and what was expected."""
+
+
+class BatchFailed(Exception):
+    """A batch failed in a way that is no one payload's fault (every request of it answered 500)."""
+
+
+def split_predictions(result: Any, count: int) -> list[Any]:
+    """The per-request predictions of what a batched Python predict returned: a list, a tuple
+    or a numpy array (split along its first axis) of `count` predictions, in order. Anything
+    else raises BatchFailed saying what came back (docs/batching.md)."""
+    what = "predict takes a list of payloads when server_side_batching is on and must return a list"
+    if isinstance(result, (list, tuple)):
+        items = list(result)
+    else:
+        np = sys.modules.get("numpy")
+        if np is not None and isinstance(result, np.ndarray) and result.ndim >= 1:
+            items = list(result)
+        else:
+            got = "None" if result is None else type(result).__name__
+            raise BatchFailed(f"{what} with one prediction per payload, in order; it returned {got}")
+    if len(items) != count:
+        raise BatchFailed(
+            f"{what} with one prediction per payload, in order; it returned {len(items)} predictions "
+            f"for a batch of {count}"
+        )
+    return items
 
 
 class Predictor(Protocol):

@@ -5,7 +5,10 @@ Which code a V2 request runs:
   even when the API has a predictor file: V2 clients speak the model's tensors, the ones the
   model metadata lists. A predictor class that sets `v2_input` (below) takes the requests
   instead, like a Python predictor.
-- Python predictors: `predict(payload)` (or the module form's `predict(sample, metadata)`).
+- Python predictors: `predict(payload)` (or the module form's `predict(sample, metadata)`);
+  with server-side batching, whose predict takes a list of payloads and returns a list,
+  `predict([payload])` and the one prediction it returned (v0.17+: query_params and headers
+  are lists of one too, both empty).
   The payload is a dict of input name -> numpy array (a writable copy; BYTES as object arrays
   of bytes). A predictor that sets `v2_input = "json"` (a class attribute, or a module-level
   variable for the module form) gets the V2 request object instead: the parsed JSON with
@@ -67,8 +70,9 @@ def v2_input_mode(predictor: Any) -> str | None:
 class V2Predictor:
     """A replica's V2 side, made once per predictor (the model runner is built on first use)."""
 
-    def __init__(self, predictor: Any) -> None:
+    def __init__(self, predictor: Any, batched: bool = False) -> None:
         self.predictor = predictor
+        self.batched = batched  # predict takes a list (a Python predictor under server-side batching)
         self._runner: ModelRunner | None = None
         self._resolved = False
 
@@ -88,19 +92,32 @@ class V2Predictor:
             outputs, parameters = self._python(request)
         return encode_response(model, version, outputs, request.binary_for, request.id, parameters)
 
+    def _predict(self, payload: Any) -> Any:
+        if not self.batched:
+            return self.predictor.predict(payload)
+        from cortexd.replica.predictors import split_predictions
+
+        predict_batch = getattr(self.predictor, "predict_batch", None)
+        if predict_batch is not None:  # the v0.17+ form: query_params and headers are lists too
+            return predict_batch([payload], [""], [[]])[0]
+        return split_predictions(self.predictor.predict([payload]), 1)[0]
+
     def _python(self, request: InferRequest) -> tuple[list[tuple[str, Any]], dict[str, Any] | None]:
-        from cortexd.replica.predictors import PayloadError
+        from cortexd.replica.predictors import BatchFailed, PayloadError
 
         json_mode = v2_input_mode(self.predictor) == "json"
         payload: Any = json_request(request) if json_mode else {
             t.name: t.array.copy() for t in request.inputs  # writable: user code may change them in place
         }
         try:
-            result = self.predictor.predict(payload)
+            result = self._predict(payload)
         except PayloadError as exc:
             raise V2Error(400, str(exc)) from None
         except V2Error:
             raise
+        except BatchFailed as exc:
+            _log(f"prediction failed: {exc}")
+            raise V2Error(500, f"prediction failed: {exc}") from None
         except BaseException as exc:  # sys.exit() too: answer, never die
             _log(f"prediction failed:\n{traceback.format_exc()}")
             raise V2Error(500, f"prediction failed: {type(exc).__name__}: {exc}") from None
