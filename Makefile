@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8888
 
-.PHONY: venv run lint test test-fast test-slow test-gpu bench deb examples clean
+.PHONY: venv run lint test test-fast test-slow test-gpu bench bench-wrk bench-v2 deb examples clean
 
 venv: $(VENV)/.installed
 
@@ -60,8 +60,17 @@ deb:
 # side by side under wrk; prints the table and the ratios, writes bench/results/<time>.json.
 # About 8 minutes on 2 cores. Installs wrk from the distribution's packages when it is missing.
 BENCH_ARGS ?=
-bench: venv
+bench: venv bench-wrk
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-wrk:
 	@command -v wrk >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get install -y wrk || { $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }; }
-	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The V2 cells (issue 17) beside MLServer's, rounds interleaved (bench/README.md, "V2 cells").
+# MLServer runs from its own venv, .bench-venvs/mlserver, made on first use. About 2 minutes.
+BENCH_V2_ARGS ?= --target cortexd,mlserver,mlserver-w1 --rounds 5
+bench-v2: venv bench-wrk
+	PYTHON=$(PYTHON) bench/mlserver-venv.sh
+	$(PY) bench/v2.py $(BENCH_V2_ARGS)

@@ -9,10 +9,19 @@ Targets:
   replica process through the real hop: the V2 side of the daemon without its queue,
   metrics and tracker. Runs before the daemon routes /v2.
 - `cortexd`: a real `cortexd serve --grpc-port P` with the model as an ONNX API (1 replica):
-  the cells the issue asks for, once /v2 and --grpc-port are wired. A cell the daemon does not
-  serve yet is reported "not served" instead of measured.
+  the cells the issue asks for.
+- `mlserver`, `mlserver-w1`: MLServer as the peer, from its own virtual environment
+  (bench/mlserver-venv.sh), running the same .onnx through bench/mlserver_runtime.py, with
+  parallel_workers 0 (one process) or 1 (MLServer's default: one inference worker process);
+  see bench/mlserver_peer.py. It has no API-specific JSON endpoint (own-json: n/a).
+  `mlserver-lean`: parallel_workers 0 without MLServer's gzip and metrics middlewares.
 
-    .venv/bin/python bench/v2.py [--target front] [--concurrency 8] [--rounds 3] [--duration 2]
+Several targets at once (`--target cortexd,mlserver,mlserver-w1`) run side by side, their
+rounds interleaved, with the ratios cortexd / MLServer per cell at the end. A cell a target
+does not serve (one request answered other than 200) is reported "not served" with the
+answer, not measured.
+
+    .venv/bin/python bench/v2.py [--target cortexd,mlserver] [--concurrency 8] [--rounds 3] [--duration 2]
 
 REST load comes from wrk (bench/post_v2.lua); gRPC load from bench/v2_grpc_load.py (Python,
 grpc.aio: on a 2-core machine it competes with the servers for CPU, so its own CPU per 1,000
@@ -26,12 +35,12 @@ import contextlib
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,10 +62,12 @@ from bench.harness import (
     wait_for,
     wrk_path,
 )
+from bench.mlserver_peer import CONFIGS, mlserver_server
 from bench.models import MODELS, build_model, sample
+from bench.v2_report import CELLS, render, summarise
 
 POST_V2_LUA = os.path.join(BENCH_DIR, "post_v2.lua")
-CELLS = ("own-json", "v2-json", "v2-binary", "v2-grpc")
+TARGETS = ("replica", "front", "cortexd", *CONFIGS)
 
 
 def bodies(model: str, folder: str) -> dict[str, tuple[str, int | None]]:
@@ -166,6 +177,51 @@ def cortexd_v2_server(model: str, model_path: str, workdir: str) -> Iterator[tup
         yield server, (f"127.0.0.1:{grpc_port}" if grpc_port else None)
 
 
+@dataclass
+class Target:
+    """One server under test: its HTTP side, its gRPC address, and the cells it cannot serve
+    by design (n/a: MLServer has no API-specific JSON endpoint, the replica no gRPC)."""
+
+    name: str
+    server: Server
+    grpc: str | None
+    not_applicable: tuple[str, ...] = ()
+    meta: str = ""
+
+
+def start_target(name: str, stack: contextlib.ExitStack, model: str, model_path: str, workdir: str) -> Target:
+    if name == "replica":
+        server = stack.enter_context(ceiling_server(model_path, workdir, replica_app=True))
+        return Target(name, server, None, ("v2-grpc",))
+    if name == "front":
+        server, grpc_target = stack.enter_context(front_server(model_path, workdir))
+        return Target(name, server, grpc_target, ("own-json",))
+    if name in CONFIGS:
+        server, grpc_target = stack.enter_context(mlserver_server(name, model, model_path, workdir))
+        return Target(name, server, grpc_target, ("own-json",), server_metadata(server))
+    server, grpc_address = stack.enter_context(cortexd_v2_server(model, model_path, workdir))
+    return Target(name, server, grpc_address, (), server_metadata(server))
+
+
+def server_metadata(server: Server) -> str:
+    """GET /v2 (the V2 server metadata: name and version), "" where it does not answer."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", "/v2")
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            return ""
+        meta = json.loads(data)
+        return f"{meta.get('name', '?')} {meta.get('version', '?')}"
+    except (OSError, ValueError):
+        return ""
+    finally:
+        conn.close()
+
+
 def paths_for(target: str, server: Server, model: str, header_length: int | None, cell: str) -> str:
     if target == "replica":
         if cell == "own-json":
@@ -178,88 +234,112 @@ def paths_for(target: str, server: Server, model: str, header_length: int | None
     return f"/v2/models/{model}/infer"
 
 
-def served(server: Server, path: str, body: tuple[str, int | None]) -> bool:
+def rest_refusal(server: Server, path: str, body: tuple[str, int | None]) -> str | None:
+    """None when one POST of the cell's body answers 200; else why not (status and the answer's start)."""
     import http.client
 
     with open(body[0], "rb") as f:
         data = f.read()
-    headers = {"Inference-Header-Content-Length": str(body[1])} if body[1] else {}
+    headers = {"Content-Type": "application/octet-stream" if body[1] else "application/json"}
+    if body[1]:
+        headers["Inference-Header-Content-Length"] = str(body[1])
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         conn.request("POST", path, data, headers)
         response = conn.getresponse()
-        response.read()
-        return response.status == 200
+        answer = response.read()
+        if response.status == 200:
+            return None
+        return f"HTTP {response.status}: {answer[:160].decode('utf-8', 'replace').strip()}"
     finally:
         conn.close()
 
 
+def grpc_refusal(address: str | None, body_file: str) -> str | None:
+    """None when one ModelInfer with the cell's request succeeds; else why not."""
+    if address is None:
+        return "no gRPC port"
+    import grpc
+
+    from cortexd.v2.pb import inference_pb2 as pb
+    from cortexd.v2.pb import inference_pb2_grpc as pb_grpc
+
+    with open(body_file, "rb") as f:
+        request = pb.ModelInferRequest.FromString(f.read())
+    with grpc.insecure_channel(address) as channel:
+        try:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+            return None
+        except grpc.RpcError as exc:
+            return f"gRPC {exc.code().name}: {exc.details()}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="cortexd V2 cells (issue 17)")
-    parser.add_argument("--target", choices=("replica", "front", "cortexd"), default="front")
+    parser = argparse.ArgumentParser(description="cortexd V2 cells (issue 17), MLServer beside them")
+    parser.add_argument("--target", default="front", type=lambda s: [t for t in s.split(",") if t],
+                        help=f"one or more of {', '.join(TARGETS)}, comma-separated: their rounds interleave "
+                             "(e.g. cortexd,mlserver,mlserver-w1)")
     parser.add_argument("--model", default="mlp", choices=sorted(MODELS))
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--duration", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of load per target and cell before the rounds")
     parser.add_argument("--cells", default=",".join(CELLS))
     parser.add_argument("--out", default=os.path.join(BENCH_DIR, "results"))
     args = parser.parse_args(argv)
+    unknown = [t for t in args.target if t not in TARGETS]
+    if unknown or not args.target:
+        parser.error(f"--target: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(TARGETS)}")
     cells = [c for c in args.cells.split(",") if c]
+    loadavg_start = list(os.getloadavg())
     started = time.time()
     workdir = tempfile.mkdtemp(prefix="cortexd-bench-v2-")
     model_path = build_model(MODELS[args.model], os.path.join(workdir, f"{args.model}.onnx"))
     body_of = bodies(args.model, workdir)
-    rows: list[dict[str, Any]] = []
+    rows: dict[str, list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as stack:
-        grpc_target: str | None = None
-        if args.target == "replica":
-            server = stack.enter_context(ceiling_server(model_path, workdir, replica_app=True))
-            cells = [c for c in cells if c != "v2-grpc"]
-        elif args.target == "front":
-            server, grpc_target = stack.enter_context(front_server(model_path, workdir))
-            cells = [c for c in cells if c != "own-json"]
-        else:
-            server, grpc_target = stack.enter_context(cortexd_v2_server(args.model, model_path, workdir))
-        live: list[str] = []
-        for cell in cells:
-            path = paths_for(args.target, server, args.model, body_of[cell][1], cell)
-            ok = grpc_target is not None if cell == "v2-grpc" else served(server, path, body_of[cell])
-            if not ok:
-                rows.append({"cell": cell, "status": "not served"})
-                print(f"  {cell:<10} not served by this {args.target}", flush=True)
-            else:
-                live.append(cell)
-        rounds: dict[str, list[dict[str, Any]]] = {c: [] for c in live}
-        for _ in range(args.rounds):
-            for cell in live:
-                path = paths_for(args.target, server, args.model, body_of[cell][1], cell)
-                rounds[cell].append(measure(server, grpc_target, cell, body_of[cell], path,
-                                            args.concurrency, args.duration))
-        for cell in live:
-            rs = rounds[cell]
-            row = {"cell": cell, "status": "measured", "rounds": rs}
-            for key in ("rps", "p50_ms", "p99_ms", "cpu_s_per_1k", "client_cpu_s_per_1k"):
-                values = [r[key] for r in rs if r.get(key) is not None]
-                if values:
-                    row[key] = round(statistics.median(values), 4)
-            row["errors"] = sum(r["errors"] for r in rs)
-            rows.append(row)
-    print(f"\nV2 cells: {args.model}, c={args.concurrency}, target {args.target}, "
-          f"{args.rounds} interleaved rounds of {args.duration}s, medians")
-    print(f"  {'cell':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'cpu s/1k':>9} {'client cpu':>10}")
-    for row in rows:
-        if row["status"] != "measured":
-            print(f"  {row['cell']:<10} {row['status']}")
-            continue
-        client = row.get("client_cpu_s_per_1k")
-        print(f"  {row['cell']:<10} {row['rps']:>8.0f} {row['p50_ms']:>8.3f} {row['p99_ms']:>8.3f} "
-              f"{row['errors']:>6} {row['cpu_s_per_1k']:>9.3f} {'' if client is None else f'{client:.3f}':>10}")
+        targets = [start_target(name, stack, args.model, model_path, workdir) for name in args.target]
+        live: list[tuple[Target, str, str]] = []  # (target, cell, path)
+        for t in targets:
+            rows[t.name] = []
+            for cell in cells:
+                path = paths_for(t.name, t.server, args.model, body_of[cell][1], cell)
+                if cell in t.not_applicable:
+                    rows[t.name].append({"cell": cell, "status": "n/a"})
+                    continue
+                refusal = (grpc_refusal(t.grpc, body_of[cell][0]) if cell == "v2-grpc"
+                           else rest_refusal(t.server, path, body_of[cell]))
+                if refusal:
+                    rows[t.name].append({"cell": cell, "status": "not served", "reason": refusal})
+                    print(f"  {t.name} {cell}: not served ({refusal})", flush=True)
+                else:
+                    live.append((t, cell, path))
+        for t, cell, path in live if args.warmup > 0 else []:
+            measure(t.server, t.grpc, cell, body_of[cell], path, args.concurrency, args.warmup)
+        rounds: dict[tuple[str, str], list[dict[str, Any]]] = {(t.name, cell): [] for t, cell, _ in live}
+        for i in range(args.rounds):
+            # Each round starts with the next target, so no server always runs right after another.
+            shift = i % len(targets)
+            order = args.target[shift:] + args.target[:shift]
+            for name in order:
+                for t, cell, path in live:
+                    if t.name == name:
+                        r = measure(t.server, t.grpc, cell, body_of[cell], path, args.concurrency, args.duration)
+                        rounds[(name, cell)].append(r)
+                        print(f"  round {i + 1}/{args.rounds} {name:<12} {cell:<10} {r['rps']:>8.0f} req/s "
+                              f"p50 {r['p50_ms']:.3f} ms errors {r['errors']}", flush=True)
+        for t, cell, _ in live:
+            rows[t.name].append(summarise(cell, rounds[(t.name, cell)]))
+    results = {"model": args.model, "concurrency": args.concurrency, "duration_s": args.duration,
+               "rounds": args.rounds, "targets": rows, "servers": {t.name: t.meta for t in targets if t.meta},
+               "loadavg_start": loadavg_start, "loadavg_end": list(os.getloadavg())}
+    print()
+    print(render(results))
     os.makedirs(args.out, exist_ok=True)
     out = os.path.join(args.out, time.strftime("v2-%Y%m%d-%H%M%S", time.localtime(started)) + ".json")
     with open(out, "w") as f:
-        json.dump({"target": args.target, "model": args.model, "concurrency": args.concurrency,
-                   "duration_s": args.duration, "rounds": args.rounds, "cells": rows,
-                   "loadavg": list(os.getloadavg())}, f, indent=1)
+        json.dump(results, f, indent=1)
+    print(f"load average: {loadavg_start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
     print(f"written: {os.path.relpath(out)}")
     return 0
 
