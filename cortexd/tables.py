@@ -41,8 +41,11 @@ def format_apis(apis: Sequence[Mapping[str, Any]]) -> str:
 
 
 def format_api(api: Mapping[str, Any]) -> str:
-    """One API in detail (`cortexd get API`): its row, replicas, last error, tracker figures."""
+    """One API in detail (`cortexd get API`): its row, why it has that status (when the status
+    has a reason: creating, compute unavailable), replicas, last error, tracker figures."""
     sections = [table(API_HEADERS, [_api_row(api)])]
+    if api.get("reason"):
+        sections.append(f"why: {api['reason']}")
     replicas = api.get("replicas") or []
     if replicas:
         with_gpu = any(r.get("gpu_mem_bytes") is not None for r in replicas)

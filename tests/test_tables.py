@@ -209,3 +209,18 @@ def test_format_api_shows_batching() -> None:
           sent because replica freed: 25%  full: 50%  interval passed: 25%
     """))
     assert "batching" not in format_api(IRIS)  # an API that does not batch shows nothing of it
+
+
+def test_format_api_says_why_its_status_is_what_it_is() -> None:
+    """`compute unavailable` (and `creating`) carry a reason; `get API` shows it under the row."""
+    api = {"name": "third", "status": "compute unavailable", "endpoint": "/third", "requested": 1, "ready": 0,
+           "reason": "needs 0.5 of a GPU with 6Gi of GPU memory per replica; GPU 0: 1 of it shared already",
+           "last_error": None, "replicas": [], "metrics": None, "tracker": None}
+    assert format_api(api) == golden("""
+        api     status                up-to-date   requested   requests   2XX   4XX   5XX   p50   p99   endpoint
+        third   compute unavailable   0            1           -          -     -     -     -     -     /third
+
+        why: needs 0.5 of a GPU with 6Gi of GPU memory per replica; GPU 0: 1 of it shared already
+
+        no replicas
+    """)
