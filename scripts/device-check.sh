@@ -19,7 +19,7 @@
 #    reason; batched vs unbatched throughput of a PyTorch MLP (batched only where `cortexd
 #    validate` accepts server_side_batching). Exit 0 when no step failed.
 # 3. Here, without a GPU (tests the script, not the GPU): the same steps over the fake NVML
-#    and PyTorch on the CPU:
+#    and PyTorch on the CPU, with .venv's Python (make venv; PyTorch: pip install torch):
 #        scripts/device-check.sh --fake [--out DIR]
 #
 # Note: the device tool sends the checkout its session started in (the lead's), so run it
@@ -76,6 +76,9 @@ case "$MODE" in
         timeout 470 "$PY" scripts/device_check.py --out "$OUT_DIR" --budget-s 420
         ;;
     --fake)
+        # Here the checkout's environment has cortexd's dependencies (make venv); the system
+        # python3 usually does not.
+        if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
         mkdir -p "$OUT_DIR"
         timeout 470 "$PY" scripts/device_check.py --out "$OUT_DIR" --fake --budget-s 300
         ;;
