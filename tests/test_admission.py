@@ -53,6 +53,19 @@ def test_admit(request_: Request, admitted: list[Request], expected: tuple[bool,
     assert admit(request_, admitted, MACHINE) == expected
 
 
+@pytest.mark.parametrize(
+    "admitted, expected",
+    [
+        ([Request(0.001)] * 2, (True, "")),
+        # thousands of `cpu: 1m` replicas fit on cpu; the count stops them
+        ([Request(0.001)] * 3, (False, "the daemon runs at most 3 replicas (serve --max-replicas), and 3 are running")),
+        ([Request(0)] * 5, (False, "the daemon runs at most 3 replicas (serve --max-replicas), and 5 are running")),
+    ],
+)
+def test_admit_caps_the_number_of_replicas(admitted: list[Request], expected: tuple[bool, str]) -> None:
+    assert admit(Request(0.001), admitted, Capacity(cores=2.0, mem=4 * GiB, replicas=3)) == expected
+
+
 @pytest.mark.parametrize("cores, text", [(2, "2"), (1.6, "1.6"), (0.25, "0.25"), (0.2000000001, "0.2"), (0, "0")])
 def test_format_cpu(cores: float, text: str) -> None:
     assert format_cpu(cores) == text

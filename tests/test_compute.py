@@ -178,3 +178,35 @@ def test_cpu_busy_api_scales_up_under_load_and_back_down_after(tmp_path) -> None
         for t in threads:
             t.join()
         assert d.stop() == 0
+
+
+def test_max_replicas_caps_the_processes_of_all_apis_together(tmp_path) -> None:
+    """Many APIs asking `cpu: 1m` each fit on cpu; `--max-replicas` keeps the daemon from
+    forking them all: the rest wait as `compute unavailable` with the cap as the reason."""
+    project = write_project(str(tmp_path / "p"), """\
+        - kind: deployment
+          name: m
+        - kind: api
+          name: first
+          python:
+            predictor: whoami.py
+          compute:
+            cpu: 1m
+            min_replicas: 2
+        - kind: api
+          name: second
+          python:
+            predictor: whoami.py
+          compute:
+            cpu: 1m
+    """, WHOAMI)
+    d = Daemon(project, str(tmp_path / "d"), args=["--max-replicas", "2"]).start(wait_live=False)
+    try:
+        d.wait_status("first", "live")
+        waiting = wait_for(lambda: (v := d.get("second"))["status"] == "compute unavailable" and v, 30, 0.1,
+                           what="the second API to wait")
+        assert waiting["reason"] == "the daemon runs at most 2 replicas (serve --max-replicas), and 2 are running"
+        assert waiting["ready"] == 0 and len(d.replica_pids("first")) == 2
+        assert "why: the daemon runs at most 2 replicas" in d.cli("get", "second").stdout
+    finally:
+        assert d.stop() == 0

@@ -528,3 +528,42 @@ def test_a_second_daemon_on_the_same_runtime_folder_is_refused(answers_daemon: D
         capture_output=True, text=True, timeout=60, env=answers_daemon.env)
     assert second.returncode == 1 and "another cortexd is running" in second.stderr, second.stderr
     assert answers_daemon.client().post("/sec/answers", {"kind": "json"}).status == 200  # the first one serves on
+
+
+# ---------------------------------------------------------------- bounded configuration
+
+
+def alias_bomb() -> str:
+    """~600 bytes of YAML whose aliases expand to 9**9 nodes."""
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for n in range(1, 9):
+        prev, cur = chr(ord("a") + n - 1), chr(ord("a") + n)
+        levels.append(f"{cur}: &{cur} [{', '.join([f'*{prev}'] * 9)}]")
+    return "  metadata:\n" + "".join(f"    {line}\n" for line in levels)
+
+
+@pytest.mark.parametrize("bad", ["bomb", "oversize", "1001 apis"])
+def test_reload_refuses_an_unbounded_config_and_the_old_one_keeps_serving(tmp_path: Any, bad: str) -> None:
+    path = os.path.join(project(tmp_path / "project"), "cortex.yaml")
+    daemon = Daemon(os.path.dirname(path), str(tmp_path / "d")).start()
+    try:
+        good = open(path).read()
+        if bad == "bomb":
+            text = good.replace("  nan_as_null: true\n", "  nan_as_null: true\n" + alias_bomb())
+        elif bad == "oversize":
+            text = good + "#" + "x" * (1 << 20) + "\n"
+        else:
+            text = good + "".join(f"\n- kind: api\n  name: a{i}\n  python:\n    predictor: answers.py\n"
+                                  for i in range(1001))
+        with open(path, "w") as f:
+            f.write(text)
+        proc = daemon.cli("reload")
+        assert proc.returncode != 0
+        said = proc.stdout + proc.stderr
+        assert {"bomb": "expand to more than 100,000 nodes", "oversize": "1,048,576 bytes",
+                "1001 apis": "at most 1,000 APIs"}[bad] in said, said
+        # the running version is untouched and serves
+        assert daemon.client().post("/sec/answers", {"kind": "x"}).status == 200
+        assert daemon.get("answers")["status"] == "live" and daemon.get("answers")["version"] == 1
+    finally:
+        assert daemon.stop() == 0, daemon.stderr()

@@ -15,6 +15,7 @@ import yaml
 MAX_CONFIG_BYTES = 1024 * 1024      # a 1,000-API file is about half of this
 MAX_YAML_NODES = 100_000            # nodes after aliases are expanded (a 1,000-API file is ~40,000)
 MAX_APIS = 1000                     # APIs (and traffic splitters) in one file
+DEFAULT_MAX_REPLICAS = 256          # replica processes, all APIs together (`serve --max-replicas`)
 
 
 class ExpansionError(yaml.YAMLError):

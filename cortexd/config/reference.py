@@ -39,6 +39,9 @@ each key shows its type, what it is, its default or that it is required, and its
 
 `validate` reports each with the line where the limit is crossed.
 
+The daemon also runs at most {bounds.DEFAULT_MAX_REPLICAS} replica processes, all APIs together \
+(`serve --max-replicas`); replicas beyond it wait as `compute unavailable`.
+
 ## Values
 
 | written | means |

@@ -90,7 +90,8 @@ class Daemon:
         self.usage: dict[str, views.Usage] = {}
         self.sampler = ProcessSampler()
         self.compute = ComputeManager(nvml, settings=AutoscaleSettings(
-            period_s=settings.autoscale_period_s, downscale_window_s=settings.downscale_window_s))
+            period_s=settings.autoscale_period_s, downscale_window_s=settings.downscale_window_s),
+            max_replicas=settings.max_replicas)
         self.spawner = ProcessSpawner(
             settings.runtime_dir, post=self.post, output=self._replica_output,
             gpu_env=self.compute.cuda_visible_devices,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cortexd import paths
+from cortexd.config.bounds import DEFAULT_MAX_REPLICAS
 from cortexd.config.quantities import parse_mem
 from cortexd.daemon.fleet.failures import STOP_GRACE_S
 
@@ -36,6 +37,16 @@ def _mem(text: str) -> int:
 
 def _mem_or_zero(text: str) -> int:
     return 0 if text.strip() == "0" else _mem(text)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
 
 
 @dataclass
@@ -61,6 +72,11 @@ class DaemonSettings:
     header_timeout_s: float = _setting(10.0, "--header-timeout", "seconds a client has to send a request's headers",
                                        float)
     drain_timeout_s: float = _setting(30.0, "--drain-timeout", "seconds to finish requests on stop", float)
+    # A replica is a process: without a cap, a file of many APIs asking `cpu: 1m` each would have
+    # the daemon fork thousands (cpu/mem admission alone admits them). Beyond it replicas wait as
+    # `compute unavailable`, like a replica whose cpu does not fit.
+    max_replicas: int = _setting(DEFAULT_MAX_REPLICAS, "--max-replicas", "replica processes the daemon runs at "
+                                 "once, all APIs together; more wait as compute unavailable", _positive, "N")
     prepare_timeout_s: float = _setting(900.0, "--prepare-timeout", "seconds an API's model fetch and environment "
                                         "build may take before it is `error`", float)
     # Access and TLS (docs/security.md); checked at start, exit 2 when they cannot be used.

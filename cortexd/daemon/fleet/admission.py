@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 
+from cortexd.config.bounds import DEFAULT_MAX_REPLICAS
 from cortexd.units import format_quantity
 
 # Float sums of requests like 0.1 + 0.2 must not refuse a replica that fits exactly.
@@ -22,10 +23,13 @@ _CPU_EPSILON = 1e-6
 _V1_UNLIMITED = 1 << 62
 
 
+
+
 @dataclass(frozen=True)
 class Capacity:
     cores: float
     mem: int  # bytes
+    replicas: int = DEFAULT_MAX_REPLICAS  # processes, all APIs together
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,9 @@ class Request:
 
 def admit(request: Request, admitted: Sequence[Request], capacity: Capacity) -> tuple[bool, str]:
     """(True, "") when `request` fits beside `admitted`, else (False, reason)."""
+    if len(admitted) >= capacity.replicas:
+        return False, (f"the daemon runs at most {capacity.replicas} replicas (serve --max-replicas), "
+                       f"and {len(admitted)} are running")
     cpu_used = sum(r.cpu for r in admitted)
     if request.cpu > 0 and cpu_used + request.cpu > capacity.cores + _CPU_EPSILON:
         head = f"needs {format_cpu(request.cpu)} cpu per replica"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cortexd.config import Api
+from cortexd.config.bounds import DEFAULT_MAX_REPLICAS
 from cortexd.config.objects import Autoscaling
 from cortexd.daemon.fleet import autoscale
 from cortexd.daemon.fleet.admission import Capacity, Request, admit, machine_capacity
@@ -52,11 +53,12 @@ class ComputeManager:
         nvml: Nvml,
         capacity: Capacity | None = None,
         settings: autoscale.AutoscaleSettings | None = None,
+        max_replicas: int = DEFAULT_MAX_REPLICAS,
     ) -> None:
         self.nvml = nvml
         if capacity is None:
             cores, mem = machine_capacity()
-            capacity = Capacity(cores=cores, mem=mem)
+            capacity = Capacity(cores=cores, mem=mem, replicas=max_replicas)
         self.capacity = capacity
         self.settings = settings or autoscale.AutoscaleSettings()
         self.gpus: list[GpuInfo] = nvml.gpus() if nvml.available() else []
