@@ -251,8 +251,9 @@ def test_build_installs_into_a_layered_env_and_a_restart_reuses_it(tmp_path: Pat
         started = time.monotonic()
         assert restarted.build(req, log2) == python
         cached_build_s = time.monotonic() - started
+    # Reused, not rebuilt: no process run (patched above), nothing logged, the marker untouched.
+    # How fast that is gets printed, not asserted: timings belong in bench/, not in tests.
     assert relog == [] and os.stat(marker).st_mtime_ns == marker_mtime
-    assert cached_build_s < 0.5 < first_build_s
     print(f"\nfirst build {first_build_s:.2f} s; cached lookup {lookup_s * 1000:.2f} ms; "
           f"cached build() {cached_build_s * 1000:.2f} ms")
 
