@@ -23,6 +23,18 @@ def linear_weights(features: int = 4, classes: int = 3, seed: int = WEIGHTS_SEED
     return rng.normal(size=(features, classes)).astype(np.float32), rng.normal(size=(classes,)).astype(np.float32)
 
 
+def linear_scores(rows: Any) -> np.ndarray:
+    """What the linear models (onnx_linear, tf_module's classify, tf_batch_model) answer as
+    scores for `rows` [n, 4], computed in numpy: compare with a tolerance, never exactly."""
+    w, b = linear_weights()
+    return np.asarray(rows, dtype=np.float32) @ w + b
+
+
+def linear_labels(rows: Any) -> list[int]:
+    """The labels (argmax of linear_scores) the linear models answer for `rows`."""
+    return [int(i) for i in linear_scores(rows).argmax(axis=1)]
+
+
 def _save_onnx(graph: Any, path: str) -> str:
     import onnx
     from onnx import helper

@@ -47,11 +47,6 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return modelgen.onnx_linear(str(tmp_path_factory.mktemp("onnx") / "linear.onnx"))
 
 
-def expected_label(rows: Any) -> list[int]:
-    w, b = modelgen.linear_weights()
-    return np.argmax(np.asarray(rows, dtype=np.float32) @ w + b, axis=1).tolist()
-
-
 # --- v0.11 ---------------------------------------------------------------------------------------
 
 
@@ -101,7 +96,7 @@ def test_v011_onnx_request_handler(tmp_path: Path, onnx_model: str) -> None:
     """, CALL_V011, kind="onnx", model=onnx_model, config={"labels": ["x", "y", "z"]})
     status, body = post(load_predictor(ctx), CALL_V011, dict(zip("abcd", SAMPLE, strict=True)))
     assert status == 200
-    assert body == {"label": "xyz"[expected_label([SAMPLE])[0]], "outputs": ["scores", "label"]}
+    assert body == {"label": "xyz"[modelgen.linear_labels([SAMPLE])[0]], "outputs": ["scores", "label"]}
 
 
 def test_v011_onnx_without_handler_answers_the_list_of_outputs(tmp_path: Path, onnx_model: str) -> None:
@@ -109,7 +104,7 @@ def test_v011_onnx_without_handler_answers_the_list_of_outputs(tmp_path: Path, o
                       config={}, python_path=str(tmp_path), call=CALL_V011)
     status, body = post(load_predictor(ctx), CALL_V011, [SAMPLE])
     assert status == 200 and isinstance(body, list) and len(body) == 2
-    assert body[1] == expected_label([SAMPLE]) and np.asarray(body[0]).shape == (1, 3)
+    assert body[1] == modelgen.linear_labels([SAMPLE]) and np.asarray(body[0]).shape == (1, 3)
 
 
 # --- v0.12 classes, positional ---------------------------------------------------------------------
@@ -131,7 +126,7 @@ def test_v012_python_and_onnx_classes(tmp_path: Path, onnx_model: str) -> None:
             def predict(self, payload):
                 return int(self.client.predict(payload)[1][0])
     """, CALL_CLASS, kind="onnx", model=onnx_model, name="o.py")
-    assert post(load_predictor(onnx), CALL_CLASS, SAMPLE) == (200, expected_label([SAMPLE])[0])
+    assert post(load_predictor(onnx), CALL_CLASS, SAMPLE) == (200, modelgen.linear_labels([SAMPLE])[0])
 
 
 # --- v0.17+: arguments by name ---------------------------------------------------------------------
@@ -181,9 +176,9 @@ def test_constructor_arguments_by_name_and_post_predict(tmp_path: Path, onnx_mod
             open({str(done)!r}, "w").write(json.dumps([response, query_params["id"]]))
     """, CALL_CLASS_KWARGS, kind="onnx", model=onnx_model)
     predictor = load_predictor(ctx)
-    assert post(predictor, CALL_CLASS_KWARGS, SAMPLE, query="id=9") == (200, expected_label([SAMPLE])[0])
+    assert post(predictor, CALL_CLASS_KWARGS, SAMPLE, query="id=9") == (200, modelgen.linear_labels([SAMPLE])[0])
     predictor._background.shutdown(wait=True)   # post_predict runs after the answer, on its own thread
-    assert json.loads(done.read_text()) == [expected_label([SAMPLE])[0], "9"]
+    assert json.loads(done.read_text()) == [modelgen.linear_labels([SAMPLE])[0], "9"]
 
 
 def test_handler_with_callback_and_http_exception(tmp_path: Path) -> None:
@@ -335,8 +330,9 @@ def test_v012_tensorflow_predictor_gets_flat_lists(tmp_path: Path, tf_model: str
     """, CALL_CLASS, kind="tensorflow", model=tf_model)
     status, body = post(load_predictor(ctx), CALL_CLASS, {"x": [SAMPLE, [1, 2, 3, 4]]})
     assert status == 200
-    assert body["label"] == expected_label([SAMPLE])[0]
-    assert body["raw"]["label"] == [str(v) for v in expected_label([SAMPLE, [1, 2, 3, 4]])]   # flat, int64 as text
+    assert body["label"] == modelgen.linear_labels([SAMPLE])[0]
+    labels = modelgen.linear_labels([SAMPLE, [1, 2, 3, 4]])
+    assert body["raw"]["label"] == [str(v) for v in labels]                                  # flat, int64 as text
     assert len(body["raw"]["scores"]) == 6 and body["raw"]["version"] == [1]                 # 2x3 flattened
 
 
@@ -350,7 +346,7 @@ def test_v011_tensorflow_request_handler_gets_the_signature_def(tmp_path: Path, 
     def post_inference(prediction, signature, metadata):
         return metadata["labels"][int(prediction["label"][0])]
     """, CALL_V011, kind="tensorflow", model=tf_model, config={"labels": ["x", "y", "z"]})
-    assert post(load_predictor(ctx), CALL_V011, SAMPLE) == (200, "xyz"[expected_label([SAMPLE])[0]])
+    assert post(load_predictor(ctx), CALL_V011, SAMPLE) == (200, "xyz"[modelgen.linear_labels([SAMPLE])[0]])
 
 
 @pytest.mark.slow
@@ -358,7 +354,8 @@ def test_seed_tensorflow_keeps_shapes(tmp_path: Path, tf_model: str) -> None:
     ctx = ReplicaSpec(api_name="a", kind="tensorflow", predictor_path=None, model_path=tf_model, signature_key=None,
                       config={}, python_path=str(tmp_path), call=CALL_MODULE)
     status, body = post(load_predictor(ctx), CALL_MODULE, {"x": [SAMPLE]})
-    assert status == 200 and np.asarray(body["scores"]).shape == (1, 3) and body["label"] == expected_label([SAMPLE])
+    assert status == 200 and np.asarray(body["scores"]).shape == (1, 3)
+    assert body["label"] == modelgen.linear_labels([SAMPLE])
 
 
 # --- threads_per_process: the replica's server serves several connections at once --------------

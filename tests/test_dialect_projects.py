@@ -27,6 +27,7 @@ from tests.daemon_harness import REPO, Client, Daemon
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "dialects")
 IRIS = {"sepal_length": 5.2, "sepal_width": 3.6, "petal_length": 1.4, "petal_width": 0.3}
 ROW = [IRIS["sepal_length"], IRIS["sepal_width"], IRIS["petal_length"], IRIS["petal_width"]]
+ROW_LABEL = modelgen.linear_labels([ROW])[0]  # what the fixtures' linear ONNX model answers
 DIALECTS = {"v011": "v0.11", "seed": "seed", "v012": "v0.12", "v013": "v0.12", "realtime": "realtime"}
 
 
@@ -46,11 +47,6 @@ def make_project(name: str, dest: Path) -> Path:
         pytest.importorskip("tensorflow")
         modelgen.tf_saved_model(str(project / "tf" / "1"), version=1)
     return project
-
-
-def onnx_label(row: list[float]) -> int:
-    w, b = modelgen.linear_weights()
-    return int(np.argmax(np.asarray([row], dtype=np.float32) @ w + b, axis=1)[0])
 
 
 def answers(name: str, client: Client) -> dict[str, Any]:
@@ -96,7 +92,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "v011": {
         "classifier": (200, "setosa"),
         "fails": 406,                                       # v0.11 answered a predictor error with 406
-        "onnx-classifier": (200, "abc"[onnx_label(ROW)]),
+        "onnx-classifier": (200, "abc"[ROW_LABEL]),
         "onnx-raw": (200, None),                            # the list of outputs; checked below
         "v2": (200, None),                                  # the model's tensors; checked below
     },
@@ -104,16 +100,16 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "v012": {
         "classifier": (200, {"greeting": "hello", "label": "setosa"}),
         "fails": 406,
-        "tensorflow": (200, "abc"[onnx_label(ROW)]),
+        "tensorflow": (200, "abc"[ROW_LABEL]),
         "tensorflow-raw": (200, None),
     },
-    "v013": {"classifier": (200, {"greeting": "hi", "label": "setosa"}), "onnx": (200, "abc"[onnx_label(ROW)])},
+    "v013": {"classifier": (200, {"greeting": "hi", "label": "setosa"}), "onnx": (200, "abc"[ROW_LABEL])},
     "realtime": {
         "classifier": (200, ("text", "setosa")),            # a str goes out as text/plain from v0.17
         "fails": 500,                                       # from v0.14 a predictor error is a 500
         "echo": (200, {"payload": [1, 2], "query": {"model": "iris", "n": "2"}, "client": None}),
         "handler": (200, ("text", "from the handler")),
-        "onnx": (200, ("text", "abc"[onnx_label(ROW)])),
+        "onnx": (200, ("text", "abc"[ROW_LABEL])),
     },
 }
 
@@ -126,14 +122,14 @@ def check(name: str, got: dict[str, Any]) -> None:
             assert got[key] == want, (key, got[key])
     if name == "v011":   # v0.11's ONNX API without a handler: session.run's list of outputs
         scores, labels = got["onnx-raw"][1]
-        assert np.asarray(scores).shape == (1, 3) and labels == [onnx_label(ROW)]
+        assert np.asarray(scores).shape == (1, 3) and labels == [ROW_LABEL]
         outputs = {o["name"]: o for o in got["v2"][1]["outputs"]}
-        assert outputs["label"]["data"] == [onnx_label(ROW)] and outputs["scores"]["shape"] == [1, 3]
+        assert outputs["label"]["data"] == [ROW_LABEL] and outputs["scores"]["shape"] == [1, 3]
     if name == "seed":   # the seed's: outputs by name, shaped
-        assert got["onnx-raw"][1]["label"] == [onnx_label(ROW)]
+        assert got["onnx-raw"][1]["label"] == [ROW_LABEL]
     if name == "v012":   # Cortex's TensorFlow client: per output a flat list, int64 as strings
         raw = got["tensorflow-raw"][1]
-        assert raw["label"] == [str(onnx_label(ROW)), str(onnx_label([1, 2, 3, 4]))]
+        assert raw["label"] == [str(v) for v in modelgen.linear_labels([ROW, [1, 2, 3, 4]])]
         assert len(raw["scores"]) == 6 and raw["version"] == [1]
 
 

@@ -32,12 +32,6 @@ LABELS = ["setosa", "versicolor", "virginica"]
 LIVE = ["onnx-plain", "onnx-pred", "onnx-multi", "onnx-http", "onnx-s3", "tf-versions", "tf-zip"]
 
 
-def expected_linear(rows: list[list[float]]) -> tuple[np.ndarray, list[int]]:
-    w, b = modelgen.linear_weights()
-    scores = np.asarray(rows, np.float32) @ w + b
-    return scores, [int(i) for i in scores.argmax(axis=1)]
-
-
 def zip_folder(folder: str, archive: str) -> str:
     with zipfile.ZipFile(archive, "w") as zf:
         for base, _dirs, files in os.walk(folder):
@@ -216,7 +210,7 @@ def api_log(d: Daemon, api: str) -> str:
 
 def test_onnx_without_predictor_answers_outputs_by_name(daemon: Daemon) -> None:
     c = daemon.client()
-    scores, labels = expected_linear([SAMPLE])
+    scores, labels = modelgen.linear_scores([SAMPLE]), modelgen.linear_labels([SAMPLE])
     for payload in ([SAMPLE], SAMPLE, {"input": [SAMPLE]}):  # batch, single sample, by input name
         r = c.post("/models/onnx-plain", payload)
         assert r.status == 200, r.body
@@ -229,7 +223,7 @@ def test_onnx_dynamic_batch(daemon: Daemon) -> None:
     rows = [[float(i), 1.0, -float(i), 0.5] for i in range(7)]
     r = daemon.client().post("/models/onnx-plain", rows)
     assert r.status == 200, r.body
-    scores, labels = expected_linear(rows)
+    scores, labels = modelgen.linear_scores(rows), modelgen.linear_labels(rows)
     assert np.asarray(r.json()["scores"]).shape == (7, 3)
     assert np.allclose(r.json()["scores"], scores, atol=1e-5) and r.json()["label"] == labels
 
@@ -238,7 +232,7 @@ def test_onnx_predictor_gets_the_client_and_its_config(daemon: Daemon) -> None:
     rows = [SAMPLE, [6.7, 3.0, 5.2, 2.3]]
     r = daemon.client().post("/models/onnx-pred", rows)
     assert r.status == 200, r.body
-    assert r.json() == [LABELS[i] for i in expected_linear(rows)[1]]
+    assert r.json() == [LABELS[i] for i in modelgen.linear_labels(rows)]
 
 
 def test_onnx_multi_input_with_dtypes_from_the_model(daemon: Daemon) -> None:
@@ -311,14 +305,14 @@ def test_onnx_and_python_replicas_do_not_load_tensorflow(daemon: Daemon) -> None
 def test_http_model_is_downloaded_and_served(daemon: Daemon) -> None:
     r = daemon.client().post("/models/onnx-http", [SAMPLE])
     assert r.status == 200, r.body
-    assert r.json()["label"] == expected_linear([SAMPLE])[1]
+    assert r.json()["label"] == modelgen.linear_labels([SAMPLE])
     assert "linear.onnx" in api_log(daemon, "onnx-http")
 
 
 def test_s3_model_from_an_s3_compatible_server_is_served(daemon: Daemon) -> None:
     r = daemon.client().post("/models/onnx-s3", [SAMPLE])
     assert r.status == 200, r.body
-    assert r.json()["label"] == expected_linear([SAMPLE])[1]
+    assert r.json()["label"] == modelgen.linear_labels([SAMPLE])
     cache = os.path.join(daemon.state_dir)
     assert any("s3" in dirs for _root, dirs, _files in os.walk(cache))
 
@@ -345,7 +339,7 @@ def test_tensorflow_versions_folder_serves_the_highest_number(daemon: Daemon) ->
     assert r.status == 200, r.body
     body = r.json()
     assert body["version"] == 10
-    scores, labels = expected_linear([SAMPLE])
+    scores, labels = modelgen.linear_scores([SAMPLE]), modelgen.linear_labels([SAMPLE])
     assert np.allclose(body["scores"], scores, atol=1e-5) and body["label"] == labels
     # one input: the value itself is accepted too
     assert daemon.client().post("/models/tf-versions", [SAMPLE]).json()["label"] == labels

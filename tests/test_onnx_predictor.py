@@ -42,11 +42,6 @@ def multi(models: dict[str, str]) -> ONNXClient:
     return ONNXClient(models["multi"], [], 1)
 
 
-def expected_scores(rows: Any) -> np.ndarray:
-    w, b = modelgen.linear_weights()
-    return np.asarray(rows, dtype=np.float32) @ w + b
-
-
 def ctx(model: str | None, predictor: str | None = None, config: dict[str, Any] | None = None,
         gpus: list[int] | None = None, cpu: float = 0.2, python_path: str = "") -> ReplicaSpec:
     return ReplicaSpec(api_name="iris", kind="onnx", predictor_path=predictor, model_path=model,
@@ -100,7 +95,7 @@ def test_gpu_replica_takes_cuda_or_logs_the_fallback(models: dict[str, str], cap
         assert "running on CUDAExecutionProvider (GPU 0)" in err
     else:
         assert "CUDAExecutionProvider unavailable for GPU 0, falling back to CPUExecutionProvider" in err
-    np.testing.assert_allclose(client.predict(SAMPLE)[0], expected_scores([SAMPLE]), rtol=1e-4)
+    np.testing.assert_allclose(client.predict(SAMPLE)[0], modelgen.linear_scores([SAMPLE]), rtol=1e-4)
 
 
 @pytest.mark.gpu
@@ -112,7 +107,7 @@ def test_gpu_replica_runs_on_cuda(models: dict[str, str]) -> None:
     client = ONNXClient(models["linear"], [0], 1)
     if client.session.get_providers()[0] != "CUDAExecutionProvider":
         pytest.skip("CUDA provider could not start (no GPU or CUDA libraries)")
-    np.testing.assert_allclose(client.predict(SAMPLE)[0], expected_scores([SAMPLE]), rtol=1e-3)
+    np.testing.assert_allclose(client.predict(SAMPLE)[0], modelgen.linear_scores([SAMPLE]), rtol=1e-3)
 
 
 def test_unloadable_model_is_a_load_error(tmp_path: Any) -> None:
@@ -141,7 +136,7 @@ def test_local_zip_is_unpacked(tmp_path: Any) -> None:
         zf.write(model, "model/m.onnx")
     client = ONNXClient(str(tmp_path / "m.zip"), [], 1)
     assert client.model_path.endswith(os.path.join("model", "m.onnx"))
-    np.testing.assert_allclose(client.predict(SAMPLE)[0], expected_scores([SAMPLE]), rtol=1e-5)
+    np.testing.assert_allclose(client.predict(SAMPLE)[0], modelgen.linear_scores([SAMPLE]), rtol=1e-5)
     (tmp_path / "bad.zip").write_bytes(b"PK not really")
     with pytest.raises(PredictorLoadError, match="bad.zip: not a valid zip file"):
         ONNXClient(str(tmp_path / "bad.zip"), [], 1)
@@ -167,15 +162,15 @@ def test_input_signature_and_describe(linear: ONNXClient, multi: ONNXClient) -> 
 def test_single_sample_gets_the_batch_axis(linear: ONNXClient) -> None:
     scores, label = linear.predict(SAMPLE)
     assert scores.shape == (1, 3) and label.shape == (1,)
-    np.testing.assert_allclose(scores, expected_scores([SAMPLE]), rtol=1e-5)
-    assert label[0] == int(np.argmax(expected_scores([SAMPLE])[0]))
+    np.testing.assert_allclose(scores, modelgen.linear_scores([SAMPLE]), rtol=1e-5)
+    assert label[0] == modelgen.linear_labels([SAMPLE])[0]
 
 
 def test_batch_and_dict_forms(linear: ONNXClient) -> None:
     rows = [SAMPLE, [6.7, 3.0, 5.2, 2.3], [1, 2, 3, 4]]
     by_value = linear.predict(rows)
     by_name = linear.predict({"input": rows})
-    np.testing.assert_allclose(by_value[0], expected_scores(rows), rtol=1e-5)
+    np.testing.assert_allclose(by_value[0], modelgen.linear_scores(rows), rtol=1e-5)
     np.testing.assert_array_equal(by_value[1], by_name[1])
     assert by_value[0].shape == (3, 3)
 
@@ -187,7 +182,7 @@ def test_numpy_payload_of_the_right_dtype_is_not_copied(linear: ONNXClient) -> N
 
 def test_fixed_batch_of_one(models: dict[str, str]) -> None:
     client = ONNXClient(models["fixed"], [], 1)
-    np.testing.assert_allclose(client.predict(SAMPLE)[0], expected_scores([SAMPLE]), rtol=1e-5)
+    np.testing.assert_allclose(client.predict(SAMPLE)[0], modelgen.linear_scores([SAMPLE]), rtol=1e-5)
     with pytest.raises(PayloadError, match=r"expects float32 of shape \[1, 4\]; got shape \[2, 4\]"):
         client.predict([SAMPLE, SAMPLE])
 
@@ -302,7 +297,7 @@ def test_no_predictor_returns_outputs_by_name(models: dict[str, str]) -> None:
     result = predictor.predict(SAMPLE)
     assert set(result) == {"scores", "label"}
     assert json.loads(json.dumps(result)) == result  # plain JSON, no encoder help needed
-    assert result["label"] == [int(np.argmax(expected_scores([SAMPLE])[0]))]
+    assert result["label"] == [modelgen.linear_labels([SAMPLE])[0]]
     assert predictor.describe()["inputs"][0]["name"] == "input"
 
 
@@ -330,7 +325,7 @@ def test_predictor_gets_the_client_and_config(models: dict[str, str], tmp_path: 
     """)
     predictor = onnx_predictor.load(ctx(models["linear"], path, {"prefix": "iris-"}, python_path=str(tmp_path)))
     payload = dict(zip(("sepal_length", "sepal_width", "petal_length", "petal_width"), SAMPLE, strict=True))
-    want = ["setosa", "versicolor", "virginica"][int(np.argmax(expected_scores([SAMPLE])[0]))]
+    want = ["setosa", "versicolor", "virginica"][modelgen.linear_labels([SAMPLE])[0]]
     assert predictor.predict(payload) == "iris-" + want
     assert predictor.describe()["outputs"][1]["name"] == "label"
 

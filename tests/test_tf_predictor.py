@@ -168,20 +168,15 @@ def tf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "versions_zip": zipped_versions, "single_zip": zipped_single}
 
 
-def expected_scores(rows: Any) -> np.ndarray:
-    w, b = modelgen.linear_weights()
-    return np.asarray(rows, dtype=np.float32) @ w + b
-
-
 @pytest.mark.slow
 def test_single_signature_without_signature_key(tf_models: dict[str, str]) -> None:
     predictor = tf_predictor.load(ctx(tf_models["single"]))
     result = predictor.predict({"x": [SAMPLE, [1, 2, 3, 4]]})
     assert json.loads(json.dumps(result)) == result  # plain JSON
     assert set(result) == {"scores", "label", "version"}
-    np.testing.assert_allclose(result["scores"], expected_scores([SAMPLE, [1, 2, 3, 4]]), rtol=1e-5)
+    np.testing.assert_allclose(result["scores"], modelgen.linear_scores([SAMPLE, [1, 2, 3, 4]]), rtol=1e-5)
     assert np.asarray(result["scores"]).shape == (2, 3)  # shapes kept
-    assert result["label"] == np.argmax(expected_scores([SAMPLE, [1, 2, 3, 4]]), axis=1).tolist()
+    assert result["label"] == modelgen.linear_labels([SAMPLE, [1, 2, 3, 4]])
     assert result["version"] == 1
     assert predictor.describe() == {
         "signature_key": "serving_default",
@@ -280,7 +275,7 @@ def test_predictor_form(tf_models: dict[str, str], tmp_path: Any, arg: str) -> N
                 return {{"label": LABELS[out["label"][0]], "who": self.config["who"]}}
     """)
     predictor = tf_predictor.load(ctx(tf_models["single"], predictor=path, config={"who": arg}))
-    want = ["setosa", "versicolor", "virginica"][int(np.argmax(expected_scores([SAMPLE])[0]))]
+    want = ["setosa", "versicolor", "virginica"][modelgen.linear_labels([SAMPLE])[0]]
     assert predictor.predict({"sample": SAMPLE}) == {"label": want, "who": arg}
     assert predictor.describe()["inputs"][0]["name"] == "x"
 

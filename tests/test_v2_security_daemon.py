@@ -43,11 +43,6 @@ def project(root: Path) -> str:
     return write_project(str(folder), YAML, {})
 
 
-def expected_labels() -> list[int]:
-    w, b = modelgen.linear_weights()
-    return [int(i) for i in np.argmax(SAMPLES @ w + b, axis=1)]
-
-
 def infer_request() -> Any:
     request = pb.ModelInferRequest(model_name="iris", raw_input_contents=[SAMPLES.tobytes()])
     request.inputs.add(name="input", datatype="FP32", shape=list(SAMPLES.shape))
@@ -85,7 +80,7 @@ def test_the_grpc_port_speaks_tls_with_the_http_ports_certificate(tmp_path: Path
         with grpc.secure_channel(target, credentials) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             assert stub.ServerLive(pb.ServerLiveRequest(), timeout=CALL_S).live
-            assert labels(stub.ModelInfer(infer_request(), timeout=CALL_S)) == expected_labels()
+            assert labels(stub.ModelInfer(infer_request(), timeout=CALL_S)) == modelgen.linear_labels(SAMPLES)
         with grpc.insecure_channel(target) as channel:  # plaintext is refused, not served
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             assert refusal(stub.ServerLive, pb.ServerLiveRequest()) == grpc.StatusCode.UNAVAILABLE
@@ -95,7 +90,7 @@ def test_the_grpc_port_speaks_tls_with_the_http_ports_certificate(tmp_path: Path
         try:
             assert client.is_server_live() and client.is_model_ready("iris")
             inputs = [tritongrpc.InferInput("input", list(SAMPLES.shape), "FP32").set_data_from_numpy(SAMPLES)]
-            assert client.infer("iris", inputs).as_numpy("label").tolist() == expected_labels()
+            assert client.infer("iris", inputs).as_numpy("label").tolist() == modelgen.linear_labels(SAMPLES)
         finally:
             client.close()
         tritonhttp = pytest.importorskip("tritonclient.http")  # REST over HTTPS, as docs/v2.md shows it
@@ -103,7 +98,7 @@ def test_the_grpc_port_speaks_tls_with_the_http_ports_certificate(tmp_path: Path
         try:
             assert rest.is_server_ready()
             inputs = [tritonhttp.InferInput("input", list(SAMPLES.shape), "FP32").set_data_from_numpy(SAMPLES)]
-            assert rest.infer("iris", inputs).as_numpy("label").tolist() == expected_labels()
+            assert rest.infer("iris", inputs).as_numpy("label").tolist() == modelgen.linear_labels(SAMPLES)
         finally:
             rest.close()
         # the log says what an operator would check: both ports encrypted
@@ -163,7 +158,7 @@ def test_with_api_keys_v2_health_is_open_and_everything_else_needs_the_key(tmp_p
             bearer = [("authorization", "Bearer " + KEY)]
             assert stub.ModelReady(pb.ModelReadyRequest(name="iris"), timeout=CALL_S, metadata=bearer).ready
             answer = stub.ModelInfer(infer_request(), timeout=CALL_S, metadata=[("x-api-key", KEY)])
-            assert labels(answer) == expected_labels()
+            assert labels(answer) == modelgen.linear_labels(SAMPLES)
 
         tritongrpc = pytest.importorskip("tritonclient.grpc")
         triton = tritongrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
