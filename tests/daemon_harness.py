@@ -6,6 +6,7 @@ Every wait here is on a condition with a deadline; nothing sleeps a fixed time t
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import signal
@@ -13,7 +14,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +99,60 @@ class Client:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+class Load:
+    """Client threads posting to `paths` in turn while the `with` block runs (bounded in count and
+    time). `results` holds (time answered, path, status, body) in the order answered.
+
+    body(path, n) is the body of the n-th request (n counts across all threads); entering waits
+    for more than `started` answers, so the load is flowing when the block begins.
+    """
+
+    def __init__(self, port: int, paths: list[str], body: Callable[[str, int], Any] = lambda path, n: {},
+                 threads: int = 2, started: int = 20) -> None:
+        self.port = port
+        self.paths = paths
+        self.body = body
+        self.started = started
+        self.results: list[tuple[float, str, int, bytes]] = []
+        self.stop_event = threading.Event()
+        self.numbers = itertools.count()  # next() on it is atomic: each request its own n
+        self.threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        c = Client(self.port)
+        deadline = time.monotonic() + 240
+        for _ in range(200_000):
+            if self.stop_event.is_set() or time.monotonic() >= deadline:
+                break
+            n = next(self.numbers)
+            path = self.paths[n % len(self.paths)]
+            r = c.post(path, self.body(path, n))
+            self.results.append((time.monotonic(), path, r.status, r.body))
+        c.close()
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        try:
+            wait_for(lambda: len(self.results) > self.started, 20, what="load to start")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join()
+
+    def statuses(self, path: str | None = None) -> Counter[int]:
+        """How many answers had each status (to requests to `path`, or to all)."""
+        return Counter(s for _, p, s, _ in self.results if path is None or p == path)
+
+    def count(self) -> int:
+        return len(self.results)
 
 
 class Daemon:

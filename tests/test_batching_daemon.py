@@ -11,7 +11,6 @@ import os
 import textwrap
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.daemon_harness import Client, Daemon, Response, wait_for, write_project
+from tests.daemon_harness import Client, Daemon, Load, Response, wait_for, write_project
 from tests.modelgen import linear_scores, onnx_linear
 
 pytestmark = pytest.mark.slow
@@ -199,35 +198,16 @@ def reload_yaml(batching: bool) -> str:
 def test_a_reload_that_turns_batching_on_and_off_fails_no_request(tmp_path: Any) -> None:
     project = write_project(str(tmp_path / "p"), reload_yaml(False), {"either.py": EITHER})
     d = Daemon(project, str(tmp_path / "d")).start(timeout=120)
-    results: list[tuple[int, Any]] = []
-    stop = threading.Event()
-
-    def load(offset: int) -> None:
-        client = Client(d.port)
-        deadline = time.monotonic() + 240
-        n = offset
-        while not stop.is_set() and time.monotonic() < deadline and n < 100_000:
-            r = client.post("/r/flip", {"i": n})
-            results.append((r.status, r.json() if r.status == 200 else r.body))
-            n += 4
-
-    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
     try:
-        for t in threads:
-            t.start()
-        wait_for(lambda: len(results) > 50, 30, what="load to start")
-        for batching in (True, False, True):
-            with open(os.path.join(project, "cortex.yaml"), "w") as f:
-                f.write(reload_yaml(batching))
-            out = d.cli("reload", timeout=180)
-            assert out.returncode == 0, out.stdout + out.stderr
-            mark = len(results)
-            wait_for(lambda mark=mark: len(results) > mark + 50, 30, what="load after the reload")
-            assert all(body["batched"] is batching for _, body in results[mark + 40:])
+        with Load(d.port, ["/r/flip"], lambda path, n: {"i": n}, threads=4, started=50) as load:
+            for batching in (True, False, True):
+                with open(os.path.join(project, "cortex.yaml"), "w") as f:
+                    f.write(reload_yaml(batching))
+                out = d.cli("reload", timeout=180)
+                assert out.returncode == 0, out.stdout + out.stderr
+                mark = load.count()
+                wait_for(lambda mark=mark: load.count() > mark + 50, 30, what="load after the reload")
+                assert all(json.loads(body)["batched"] is batching for *_, body in load.results[mark + 40:])
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
         d.stop()
-    statuses = Counter(s for s, _ in results)
-    assert statuses == {200: len(results)}, statuses
+    assert load.statuses() == {200: load.count()}, load.statuses()

@@ -22,7 +22,7 @@ import pytest
 from cortexd.config import load_config, validate_report
 from cortexd.config.convert import convert_main, convert_text
 from tests import modelgen
-from tests.daemon_harness import REPO, Client, Daemon
+from tests.daemon_harness import REPO, Client, Daemon, Load, wait_for
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "dialects")
 IRIS = {"sepal_length": 5.2, "sepal_width": 3.6, "petal_length": 1.4, "petal_width": 0.3}
@@ -275,24 +275,9 @@ def test_target_replica_concurrency_scales_up_under_load_and_down_after_the_wind
         "    def predict(self, payload):\n        time.sleep(0.5)\n        return 1\n")
     # Decisions every second (the default period is 15 s), so the test waits seconds, not minutes.
     daemon = Daemon(str(project), str(tmp_path / "d"), args=["--autoscale-period", "1"]).start(timeout=120)
-    stop = threading.Event()
-
-    def load() -> None:
-        client = Client(daemon.port)
-        while not stop.is_set():
-            client.post("/slow", {})
-
-    workers = [threading.Thread(target=load) for _ in range(4)]
     try:
-        for w in workers:
-            w.start()
-        from tests.daemon_harness import wait_for
-
-        wait_for(lambda: len(daemon.replica_pids("slow")) >= 3, timeout=120, what="scale up to >= 3 replicas")
-        stop.set()
-        for w in workers:
-            w.join(30)
+        with Load(daemon.port, ["/slow"], threads=4, started=0):
+            wait_for(lambda: len(daemon.replica_pids("slow")) >= 3, timeout=120, what="scale up to >= 3 replicas")
         wait_for(lambda: len(daemon.replica_pids("slow")) == 1, timeout=180, what="scale down to 1 replica")
     finally:
-        stop.set()
         daemon.stop()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_harness import Client, Daemon, pid_alive, wait_for, write_project
+from tests.daemon_harness import Client, Daemon, Load, pid_alive, wait_for, write_project
 
 pytestmark = pytest.mark.slow
 
@@ -134,21 +134,7 @@ def test_hung_or_stopped_replica_is_replaced(faulty: Daemon, fault: str) -> None
 
 
 def test_kill_9_of_every_replica_under_load_fails_no_request(faulty: Daemon) -> None:
-    statuses: list[int] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        c = Client(faulty.port)
-        n = 0
-        while not stop.is_set() and n < 3000:
-            n += 1
-            statuses.append(c.post("/f/echo", {"sleep": 0.005, "n": n}).status)
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        wait_for(lambda: len(statuses) > 50, 20, what="load to start")
+    with Load(faulty.port, ["/f/echo"], lambda path, n: {"sleep": 0.005, "n": n}, threads=4, started=50) as load:
         victims = faulty.replica_pids("echo")
         killed_at = time.monotonic()
         for pid in victims:
@@ -156,15 +142,11 @@ def test_kill_9_of_every_replica_under_load_fails_no_request(faulty: Daemon) -> 
         wait_for(lambda: faulty.get("echo")["ready"] == 2 and not set(victims) & set(faulty.replica_pids("echo")),
                  30, 0.1, what="replacements")
         recovered = time.monotonic() - killed_at
-        before = len(statuses)
-        wait_for(lambda: len(statuses) > before + 50, 20, what="load after the replacements")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert [s for s in statuses if s != 200] == []
+        before = load.count()
+        wait_for(lambda: load.count() > before + 50, 20, what="load after the replacements")
+    assert set(load.statuses()) == {200}, load.statuses()
     assert "killed by signal 9" in faulty.get("echo")["last_error"]
-    print(f"\nkill -9 of both replicas: replaced in {recovered:.2f}s, {len(statuses)} requests, all 200")
+    print(f"\nkill -9 of both replicas: replaced in {recovered:.2f}s, {load.count()} requests, all 200")
 
 
 def test_latency_has_sub_millisecond_resolution(faulty: Daemon) -> None:

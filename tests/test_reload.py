@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
-import threading
 import time
-from collections import Counter
 
 import pytest
 
-from tests.daemon_harness import Client, Daemon, wait_for, write_project
+from tests.daemon_harness import Client, Daemon, Load, wait_for, write_project
 from tests.modelgen import onnx_linear
 
 pytestmark = pytest.mark.slow
@@ -71,45 +69,6 @@ BASE = """
 """
 
 
-class Load:
-    """Concurrent clients posting to endpoints until stopped (bounded in count and time)."""
-
-    def __init__(self, port: int, paths: list[str], bodies: dict[str, object] | None = None, threads: int = 2) -> None:
-        self.port = port
-        self.paths = paths
-        self.bodies = bodies or {}
-        self.results: list[tuple[float, str, int, bytes]] = []
-        self.stop_event = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-
-    def _run(self, offset: int) -> None:
-        c = Client(self.port)
-        deadline = time.monotonic() + 240
-        n = offset
-        while not self.stop_event.is_set() and time.monotonic() < deadline and n < 200_000:
-            path = self.paths[n % len(self.paths)]
-            n += 1
-            r = c.post(path, self.bodies.get(path, {}))
-            self.results.append((time.monotonic(), path, r.status, r.body))
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        wait_for(lambda: len(self.results) > 20, 20, what="load to start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join()
-
-    def statuses(self, path: str) -> Counter[int]:
-        return Counter(s for _, p, s, _ in self.results if p == path)
-
-    def count(self) -> int:
-        return len(self.results)
-
-
 def reload(d: Daemon, *args: str):
     out = d.cli("reload", *args, timeout=180)
     return out
@@ -128,7 +87,7 @@ def test_reload_under_load_changes_only_what_changed_and_fails_nothing(project, 
         pids_before = {a: set(d.replica_pids(a)) for a in ("edited", "meta", "model", "doomed", "scaled")}
         paths = ["/r/edited", "/r/meta", "/r/model", "/r/doomed", "/r/scaled"]
         sample = {"/r/model": [1.0, 2.0, 3.0, 4.0]}
-        with Load(d.port, paths, sample, threads=3) as load:
+        with Load(d.port, paths, lambda path, n: sample.get(path, {}), threads=3) as load:
             # 1. Without touching any Python file: replace a model, remove an API, add one,
             #    and change only the compute of another.
             onnx_linear(os.path.join(project, "linear.onnx"), features=4, classes=5)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.daemon_harness import Client, Daemon, pid_alive, wait_for, write_project
+from tests.daemon_harness import Client, Daemon, Load, pid_alive, wait_for, write_project
 
 pytestmark = pytest.mark.slow
 
@@ -271,29 +271,13 @@ def test_kill_9_of_a_replica_under_load_costs_at_most_one_request(tmp_path) -> N
     d = Daemon(write_project(str(tmp_path / "p"), CRASH_YAML, ECHO), str(tmp_path / "d")).start()
     try:
         victim = d.get("echo")["replicas"][0]
-        statuses: list[int] = []
-        stop = threading.Event()
-
-        def load() -> None:
-            c = Client(d.port)
-            n = 0
-            while not stop.is_set() and n < 2000:
-                n += 1
-                statuses.append(c.post("/crash/echo", {"sleep": 0.01, "n": n}).status)
-
-        threads = [threading.Thread(target=load) for _ in range(4)]
-        for t in threads:
-            t.start()
-        wait_for(lambda: len(statuses) > 20, 20, what="load to start")
-        os.kill(victim["pid"], signal.SIGKILL)
-        wait_for(lambda: (v := d.get("echo"))["ready"] == 2 and victim["id"] not in [r["id"] for r in v["replicas"]],
-                 30, 0.1, what="a replacement replica")
-        before = len(statuses)
-        wait_for(lambda: len(statuses) > before + 20, 20, what="load after the replacement")
-        stop.set()
-        for t in threads:
-            t.join()
-        failures = [s for s in statuses if s != 200]
+        with Load(d.port, ["/crash/echo"], lambda path, n: {"sleep": 0.01, "n": n}, threads=4) as load:
+            os.kill(victim["pid"], signal.SIGKILL)
+            wait_for(lambda: (v := d.get("echo"))["ready"] == 2
+                     and victim["id"] not in [r["id"] for r in v["replicas"]], 30, 0.1, what="a replacement replica")
+            before = load.count()
+            wait_for(lambda: load.count() > before + 20, 20, what="load after the replacement")
+        failures = [s for _, _, s, _ in load.results if s != 200]
         assert len(failures) <= 1, failures
         view = d.get("echo")
         assert view["status"] == "live"
