@@ -5,7 +5,9 @@ Every wait here is on a condition with a deadline; nothing sleeps a fixed time t
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import http.server
 import itertools
 import json
 import os
@@ -17,7 +19,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,6 +268,30 @@ def write_project(root: str, yaml_text: str, files: dict[str, str]) -> str:
         with open(path, "w") as f:
             f.write(textwrap.dedent(content))
     return root
+
+
+@contextlib.contextmanager
+def http_server(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A loopback HTTP server on a free port, each request answered by `handler` on its own
+    thread; yields the base URL (http://127.0.0.1:PORT). Shut down after, without waiting for
+    handlers still running (a test's slow or endless answers)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """Serves the files under `directory` (functools.partial it in) without a log line per request."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 def pid_alive(pid: int) -> bool:

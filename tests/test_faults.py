@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_harness import Client, Daemon, Load, pid_alive, wait_for, write_project
+from tests.daemon_harness import Client, Daemon, Load, http_server, pid_alive, wait_for, write_project
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +169,7 @@ SLOW_YAML = """
 - kind: api
   name: slow
   onnx:
-    model: http://127.0.0.1:{port}/model.onnx
+    model: {url}/model.onnx
 """
 
 
@@ -190,46 +190,38 @@ class _Trickle(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_slow_model_host_delays_only_its_own_api_and_never_sigterm(tmp_path: Any) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        project = write_project(str(tmp_path / "p"), SLOW_YAML.format(port=server.server_address[1]),
-                                {"echo.py": "def predict(sample, metadata):\n    return sample\n"})
-        started = time.monotonic()
-        d = Daemon(project, str(tmp_path / "d"), args=["--prepare-timeout", "6"]).start(wait_live=False)
-        d.wait_status("fast", "live", timeout=15)
-        assert time.monotonic() - started < 15
-        assert d.client().post("/s/fast", {"x": 1}).json() == {"x": 1}
-        slow = d.get("slow")
-        assert slow["status"] == "creating" and slow["reason"] == "fetching the model", slow
-        r = d.client().post("/s/slow", {})
-        assert r.status == 503 and "creating" in r.json()["error"]
-        view = d.wait_status("slow", "error", timeout=20)
-        assert "not ready to deploy within 6s (still fetching the model)" in view["last_error"], view
-        assert d.client().get("/healthz").status == 200
-        stopping = time.monotonic()
-        assert d.stop(timeout=10) == 0
-        assert time.monotonic() - stopping < 2.5
-    finally:
-        server.shutdown()
+@pytest.fixture()
+def slow_host_project(tmp_path: Any) -> Iterator[str]:
+    """A project whose API "slow" fetches its model from a host that trickles it (and "fast" needs nothing)."""
+    with http_server(_Trickle) as url:
+        yield write_project(str(tmp_path / "p"), SLOW_YAML.format(url=url),
+                            {"echo.py": "def predict(sample, metadata):\n    return sample\n"})
 
 
-def test_sigterm_during_a_model_fetch_is_honoured_at_once(tmp_path: Any) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        project = write_project(str(tmp_path / "p"), SLOW_YAML.format(port=server.server_address[1]),
-                                {"echo.py": "def predict(sample, metadata):\n    return sample\n"})
-        d = Daemon(project, str(tmp_path / "d")).start(wait_live=False)
-        d.wait_status("fast", "live", timeout=15)
-        stopping = time.monotonic()
-        assert d.stop(timeout=10) == 0
-        assert time.monotonic() - stopping < 2.5
-    finally:
-        server.shutdown()
+def test_a_slow_model_host_delays_only_its_own_api_and_never_sigterm(tmp_path: Any, slow_host_project: str) -> None:
+    started = time.monotonic()
+    d = Daemon(slow_host_project, str(tmp_path / "d"), args=["--prepare-timeout", "6"]).start(wait_live=False)
+    d.wait_status("fast", "live", timeout=15)
+    assert time.monotonic() - started < 15
+    assert d.client().post("/s/fast", {"x": 1}).json() == {"x": 1}
+    slow = d.get("slow")
+    assert slow["status"] == "creating" and slow["reason"] == "fetching the model", slow
+    r = d.client().post("/s/slow", {})
+    assert r.status == 503 and "creating" in r.json()["error"]
+    view = d.wait_status("slow", "error", timeout=20)
+    assert "not ready to deploy within 6s (still fetching the model)" in view["last_error"], view
+    assert d.client().get("/healthz").status == 200
+    stopping = time.monotonic()
+    assert d.stop(timeout=10) == 0
+    assert time.monotonic() - stopping < 2.5
+
+
+def test_sigterm_during_a_model_fetch_is_honoured_at_once(tmp_path: Any, slow_host_project: str) -> None:
+    d = Daemon(slow_host_project, str(tmp_path / "d")).start(wait_live=False)
+    d.wait_status("fast", "live", timeout=15)
+    stopping = time.monotonic()
+    assert d.stop(timeout=10) == 0
+    assert time.monotonic() - stopping < 2.5
 
 
 BROKEN_YAML = """

@@ -10,10 +10,8 @@ each): two that serve and one that fails for want of a signature_key.
 from __future__ import annotations
 
 import functools
-import http.server
 import os
 import shutil
-import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests import modelgen
-from tests.daemon_harness import Client, Daemon, write_project
+from tests.daemon_harness import Client, Daemon, QuietFiles, http_server, write_project
 
 pytestmark = pytest.mark.slow
 
@@ -42,11 +40,6 @@ def zip_folder(folder: str, archive: str) -> str:
 
 
 # ---------------------------------------------------------------- model sources
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @dataclass
@@ -74,11 +67,6 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sources]:
     served = base / "served"
     served.mkdir()
     shutil.copy(models / "linear.onnx", served / "linear.onnx")
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served)))
-    httpd.daemon_threads = True
-    http_thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    http_thread.start()
-
     s3 = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     s3.start()
     host, port = s3.get_host_and_port()
@@ -92,11 +80,9 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sources]:
     client.create_bucket(Bucket="models")
     client.put_object(Bucket="models", Key="onnx/linear.onnx", Body=(models / "linear.onnx").read_bytes())
     try:
-        yield Sources(str(models), f"http://127.0.0.1:{httpd.server_address[1]}", s3_env)
+        with http_server(functools.partial(QuietFiles, directory=str(served))) as http_base:
+            yield Sources(str(models), http_base, s3_env)
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        http_thread.join(timeout=10)
         s3.stop()
 
 

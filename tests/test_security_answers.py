@@ -15,7 +15,6 @@ import io
 import math
 import os
 import tempfile
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from cortexd.model_archives import ArchiveLimits
 from cortexd.models import ModelFetchError, fetch_model, unpack_local_zip
 from cortexd.replica.bodies import PredictionError, render_prediction
 from cortexd.replica.server import ReplicaProtocol
+from tests.daemon_harness import http_server
 
 OCTET = b"content-type: application/octet-stream\r\n"
 TEXT = b"content-type: text/plain; charset=utf-8\r\n"
@@ -262,13 +262,8 @@ class Redirector(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def redirector() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirector)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(10)
+    with http_server(Redirector) as url:
+        yield url
 
 
 @pytest.mark.parametrize("path", ["/to-ftp", "/to-file"])

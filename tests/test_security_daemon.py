@@ -21,14 +21,13 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import zipfile
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.daemon_harness import REPO, Daemon, free_port, wait_for, write_project
+from tests.daemon_harness import REPO, Daemon, QuietFiles, free_port, http_server, wait_for, write_project
 from tests.test_security_fs import OTHER_USER, other_user, sticky_shared
 
 pytestmark = pytest.mark.slow
@@ -374,10 +373,7 @@ def test_a_non_root_daemons_default_folders_are_private(tmp_path: Any) -> None:
 # ---------------------------------------------------------------- model sources
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
+class _Quiet(QuietFiles):
     def do_GET(self) -> None:
         if self.path == "/to-ftp/model.onnx":
             self.send_response(302)
@@ -396,14 +392,8 @@ def model_server(tmp_path: Any) -> Iterator[str]:
         chunk = bytes(1 << 20)
         for _ in range(80):
             f.write(chunk)  # 80 MiB of zeros in about 80 KiB
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(served)))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(10)
+    with http_server(functools.partial(_Quiet, directory=str(served))) as url:
+        yield url
 
 
 def test_a_zip_bomb_model_and_a_redirect_to_ftp_put_their_api_in_error(tmp_path: Any, model_server: str) -> None:
