@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -14,24 +13,13 @@ import pytest
 from cortexd import batchframe
 from cortexd.config.objects import Batching
 from cortexd.daemon.serving import dispatch
-from cortexd.daemon.serving.dispatch import ApiQueue, Job, ReplicaLink
-from cortexd.daemon.serving.upstream import UpstreamError
+from cortexd.daemon.serving.dispatch import ApiQueue, ReplicaLink
+from tests import test_dispatch
+from tests.test_dispatch import FAR, deadline, outcome, run
 
-FAR = 3600.0
 
-
-class FakeConn:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes]] = []
-        self.closed = False
-        self.on_response: Callable[[int, bytes], None] = lambda s, p: None
-        self.on_failure: Callable[[UpstreamError], None] = lambda e: None
-
-    def send(self, target: str, body: bytes, headers: bytes = b"") -> None:
-        self.sent.append((target, body))
-
-    def close(self) -> None:
-        self.closed = True
+class FakeConn(test_dispatch.FakeConn):
+    """test_dispatch's fake replica connection, which can also read and answer batch frames."""
 
     def batches(self) -> list[list[bytes]]:
         """The bodies of each batch sent, in order."""
@@ -47,13 +35,6 @@ class FakeConn:
         answers = answers or [(200, item.body) for item in items]
         self.on_response(200, batchframe.encode_answer(answers))
 
-    def fail(self, sent: bool) -> None:
-        self.on_failure(UpstreamError("gone", sent=sent))
-
-
-def run(test: Callable[[], Awaitable[Any]]) -> Any:
-    return asyncio.run(asyncio.wait_for(test(), 10))
-
 
 def queue(batching: list[Batching | None], max_queue: int = 100) -> tuple[ApiQueue, list[FakeConn], list[Any]]:
     q = ApiQueue("api", max_queue)
@@ -63,17 +44,6 @@ def queue(batching: list[Batching | None], max_queue: int = 100) -> tuple[ApiQue
     for i, (c, b) in enumerate(zip(conns, batching, strict=True)):
         q.add(ReplicaLink(f"r{i}", c, 1, batching=b))  # type: ignore[arg-type]
     return q, conns, seen
-
-
-def deadline(seconds: float) -> float:
-    return asyncio.get_running_loop().time() + seconds
-
-
-async def outcome(job: Job) -> Any:
-    try:
-        return await job.future
-    except Exception as exc:
-        return type(exc)
 
 
 def test_a_full_batch_goes_at_once_and_each_job_gets_its_own_answer() -> None:
