@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import os
 import select
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from cortexd import protocol
@@ -207,18 +206,3 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
-def run_async(coro_fn: Callable[[], Awaitable[T]], timeout: float = 20.0) -> T:
-    return asyncio.run(asyncio.wait_for(coro_fn(), timeout))  # type: ignore[arg-type]
