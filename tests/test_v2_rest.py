@@ -11,32 +11,24 @@ import pytest
 
 from cortexd.v2 import hop, rest
 from cortexd.v2.backend import ModelEntry
+from tests.v2_harness import LoopbackBackend
 
 ONNX_INFO = {"inputs": [{"name": "input", "dtype": "float32", "shape": [None, 4]}],
              "outputs": [{"name": "label", "dtype": "int64", "shape": [None]}]}
 
 
-class FakeBackend:
+class FakeBackend(LoopbackBackend):
+    """v2_harness's backend (health, models and metadata from `entries`) with a canned answer
+    to every inference instead of a replica."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.entries = {
             "iris": ModelEntry("iris", "3", True, "onnx", ONNX_INFO),
             "cold": ModelEntry("cold", "1", False, "python"),
         }
-        self.is_live = True
         self.infers: list[tuple[str, str, bytes]] = []
         self.answer: tuple[int, dict[str, str], bytes] = (200, {}, b'{"outputs":[]}')
-
-    def live(self) -> bool:
-        return self.is_live
-
-    def ready(self) -> bool:
-        return all(e.ready for e in self.entries.values())
-
-    def models(self) -> list[str]:
-        return list(self.entries)
-
-    def model(self, name: str) -> ModelEntry | None:
-        return self.entries.get(name)
 
     async def infer(self, model: str, target: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
         self.infers.append((model, target, body))
