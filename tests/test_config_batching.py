@@ -4,7 +4,6 @@ batch-axis check of local models (cortexd/model_shapes.py)."""
 from __future__ import annotations
 
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,7 @@ from cortexd.config import Batching, ConfigError, ConfigIssue, load_config_text,
 from cortexd.config.quantities import format_duration, parse_duration
 from cortexd.model_shapes import batch_axis_problem, local_batch_problem, onnx_signature
 from tests import modelgen
-
-HEADER = "- kind: deployment\n  name: dep\n- kind: api\n  name: iris\n"
-BODY_LINE = 5
+from tests.test_config import BODY_LINE, api_text  # the same one-API document
 
 
 @pytest.fixture()
@@ -26,10 +23,6 @@ def project(tmp_path: Path) -> Path:
     modelgen.onnx_linear(str(tmp_path / "fixed.onnx"), batch=1)
     modelgen.onnx_multi(str(tmp_path / "multi.onnx"))  # its input "scale" is [1]
     return tmp_path
-
-
-def api_text(body: str) -> str:
-    return HEADER + textwrap.dedent(body).strip("\n").replace("\n", "\n  ").join(["  ", "\n"])
 
 
 def load(project: Path, body: str) -> Batching | None:
