@@ -7,21 +7,9 @@ import json
 import pytest
 
 from tests.daemon_harness import Client, Daemon, wait_for, write_project
+from tests.test_compute import WHOAMI  # a replica answers its CUDA_VISIBLE_DEVICES and pid
 
 pytestmark = pytest.mark.slow
-
-# A replica answers what it was given: its CUDA_VISIBLE_DEVICES and its spec's GPU fields.
-WHOAMI = {
-    "whoami.py": """\
-        import json
-        import os
-        import sys
-
-
-        def predict(sample, metadata):
-            return {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
-    """,
-}
 
 # With CORTEXD_FAKE_GPU_PROC_DIR set, the replica pretends to use GPU memory: 1Gi at start,
 # and what a request asks for after (the fake NVML reads the file, keyed by pid).
