@@ -97,17 +97,18 @@ def wrk_path() -> str:
     return path
 
 
-def run_wrk(url: str, body_file: str, connections: int, duration_s: int, timeout_s: int = 10) -> WrkResult:
+def run_wrk(url: str, body_file: str, connections: int, duration_s: int, timeout_s: int = 10,
+            header_length: int | None = None) -> WrkResult:
     """One wrk thread (the machine is small: a second thread would take CPU from the server),
     `connections` keep-alive connections each posting the body back to back. wrk takes whole
-    seconds only."""
+    seconds only. header_length: the body is V2's binary form, its JSON header that long."""
     cmd = [
         wrk_path(), "-t1", f"-c{connections}", f"-d{int(duration_s)}s", f"--timeout={int(timeout_s)}s",
         "-s", POST_LUA, url,
     ]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=duration_s + timeout_s + 30,
-        env={**os.environ, "BENCH_BODY_FILE": body_file},
+        env={**os.environ, "BENCH_BODY_FILE": body_file, "BENCH_HEADER_LENGTH": str(header_length or "")},
     )
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout[-500:]}")

@@ -1,11 +1,19 @@
--- wrk script: POST one JSON body on keep-alive connections; print a JSON summary at the end.
--- The body file comes from the environment (BENCH_BODY_FILE), read once per wrk thread.
+-- wrk script: POST one body on keep-alive connections; print a JSON summary at the end.
+-- The body file comes from the environment (BENCH_BODY_FILE), read once per wrk thread. With
+-- BENCH_HEADER_LENGTH set (the V2 cells' binary form, Triton's) the body goes as
+-- application/octet-stream with Inference-Header-Content-Length; otherwise as JSON.
 local path = os.getenv("BENCH_BODY_FILE")
 local f = assert(io.open(path, "rb"), "cannot open BENCH_BODY_FILE " .. tostring(path))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Content-Type"] = "application/json"
+local header_length = os.getenv("BENCH_HEADER_LENGTH")
+if header_length ~= nil and header_length ~= "" then
+  wrk.headers["Content-Type"] = "application/octet-stream"
+  wrk.headers["Inference-Header-Content-Length"] = header_length
+else
+  wrk.headers["Content-Type"] = "application/json"
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

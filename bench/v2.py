@@ -23,7 +23,7 @@ answer, not measured.
 
     .venv/bin/python bench/v2.py [--target cortexd,mlserver] [--concurrency 8] [--rounds 3] [--duration 2]
 
-REST load comes from wrk (bench/post_v2.lua); gRPC load from bench/v2_grpc_load.py (Python,
+REST load comes from wrk (bench/post.lua); gRPC load from bench/v2_grpc_load.py (Python,
 grpc.aio: on a 2-core machine it competes with the servers for CPU, so its own CPU per 1,000
 requests is printed beside the cell). Results go to bench/results/v2-<time>.json.
 """
@@ -59,14 +59,13 @@ from bench.harness import (
     free_port,
     parse_wrk,
     port_open,
+    run_wrk,
     wait_for,
-    wrk_path,
 )
 from bench.mlserver_peer import CONFIGS, mlserver_server
 from bench.models import MODELS, build_model, sample
 from bench.v2_report import CELLS, render, summarise
 
-POST_V2_LUA = os.path.join(BENCH_DIR, "post_v2.lua")
 TARGETS = ("replica", "front", "cortexd", *CONFIGS)
 
 
@@ -99,15 +98,6 @@ def bodies(model: str, folder: str) -> dict[str, tuple[str, int | None]]:
     return out
 
 
-def run_rest(url: str, body_file: str, header_length: int | None, c: int, duration: int) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_BODY_FILE": body_file, "BENCH_HEADER_LENGTH": str(header_length or "")}
-    cmd = [wrk_path(), "-t1", f"-c{c}", f"-d{int(duration)}s", "--timeout=10s", "-s", POST_V2_LUA, url]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, env=env, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout[-500:]}")
-    return vars(parse_wrk(proc.stdout))
-
-
 def run_grpc(target: str, body_file: str, c: int, duration: int) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     cmd = [sys.executable, os.path.join(BENCH_DIR, "v2_grpc_load.py"), target, body_file, "-c", str(c),
@@ -128,7 +118,7 @@ def measure(server: Server, grpc_target: str | None, cell: str, body: tuple[str,
         assert grpc_target is not None
         r = run_grpc(grpc_target, body[0], c, duration)
     else:
-        r = run_rest(f"http://127.0.0.1:{server.port}{path}", body[0], body[1], c, duration)
+        r = vars(run_wrk(f"http://127.0.0.1:{server.port}{path}", body[0], c, duration, header_length=body[1]))
     cpu = server.tree.cpu_seconds() - cpu_before
     n = r["requests"]
     row = {"requests": n, "rps": round(n / r["duration_s"], 1) if r["duration_s"] else 0.0,
