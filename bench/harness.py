@@ -206,27 +206,37 @@ def _env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def ceiling_server(model_path: str, workdir: str, replica_app: bool = False) -> Iterator[Server]:
-    """bench/ceiling_server.py on a free port (or, with replica_app, cortexd's replica app on TCP)."""
-    port = free_port()
-    name = "replica-direct" if replica_app else "ceiling"
-    log_path = os.path.join(workdir, f"{name}-{port}.log")
-    cmd = [sys.executable, os.path.join(BENCH_DIR, "ceiling_server.py"), model_path, "--port", str(port)]
-    if replica_app:
-        cmd.append("--replica")
+def started_server(name: str, cmd: list[str], env: dict[str, str], cwd: str, log_path: str, port: int, path: str,
+                   ready: Callable[[Server], bool], timeout: float, what: str, interval: float = 0.05
+                   ) -> Iterator[Server]:
+    """`cmd` started with its output in log_path, yielded as a Server once ready(server) (an
+    exit first is an error with the log's tail); stopped after, even when the run fails."""
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=_env(), cwd=workdir)
-    server = Server(name, port, "/predict", proc, ProcessTree(proc.pid), log_path)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=cwd)
+    server = Server(name, port, path, proc, ProcessTree(proc.pid), log_path)
     try:
         def up() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}:\n{server.log_tail()}")
-            return port_open(port)
+            return ready(server)
 
-        wait_for(up, 60, f"the {name} server to listen")
+        wait_for(up, timeout, what, interval)
         yield server
     finally:
         _stop(proc)
+
+
+@contextlib.contextmanager
+def ceiling_server(model_path: str, workdir: str, replica_app: bool = False) -> Iterator[Server]:
+    """bench/ceiling_server.py on a free port (or, with replica_app, cortexd's replica app on TCP)."""
+    port = free_port()
+    name = "replica-direct" if replica_app else "ceiling"
+    cmd = [sys.executable, os.path.join(BENCH_DIR, "ceiling_server.py"), model_path, "--port", str(port)]
+    if replica_app:
+        cmd.append("--replica")
+    with started_server(name, cmd, _env(), workdir, os.path.join(workdir, f"{name}-{port}.log"), port, "/predict",
+                        lambda _: port_open(port), 60, f"the {name} server to listen") as server:
+        yield server
 
 
 def cortex_yaml(api: str, model_path: str, replicas: int, tracker: bool) -> str:
@@ -278,22 +288,16 @@ def cortexd_server(project: str, workdir: str, api: str, replicas: int, extra_en
         *(extra_args or []),
     ]
     env = {**_env(), "CORTEXD_LOG_LEVEL": "WARNING", **(extra_env or {})}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=base)
-    server = Server(f"cortexd:{api}", port, "", proc, ProcessTree(proc.pid), log_path)
-    try:
-        def live() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"cortexd exited with {proc.returncode}:\n{server.log_tail()}")
-            view = cli.call(runtime_dir, {"cmd": "get", "api": api})
-            if view["status"] in ("error", "error (out of memory)", "compute unavailable"):
-                raise RuntimeError(f"api {api} is {view['status']}: {view.get('reason') or view.get('last_error')}")
-            if view["status"] == "live" and view["ready"] == replicas:
-                server.path = view["endpoint"]
-                return True
-            return False
 
-        wait_for(live, 120, f"cortexd's API {api} to be live with {replicas} replicas", interval=0.1)
+    def live(server: Server) -> bool:
+        view = cli.call(runtime_dir, {"cmd": "get", "api": api})
+        if view["status"] in ("error", "error (out of memory)", "compute unavailable"):
+            raise RuntimeError(f"api {api} is {view['status']}: {view.get('reason') or view.get('last_error')}")
+        if view["status"] == "live" and view["ready"] == replicas:
+            server.path = view["endpoint"]
+            return True
+        return False
+
+    with started_server(f"cortexd:{api}", cmd, env, base, log_path, port, "", live, 120,
+                        f"cortexd's API {api} to be live with {replicas} replicas", interval=0.1) as server:
         yield server
-    finally:
-        _stop(proc)

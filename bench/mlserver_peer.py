@@ -25,13 +25,12 @@ import http.client
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import psutil
 
-from bench.harness import BENCH_DIR, REPO, ProcessTree, Server, _stop, free_port, port_open, wait_for
+from bench.harness import BENCH_DIR, REPO, Server, free_port, port_open, started_server
 
 RUNTIME = os.path.join(BENCH_DIR, "mlserver_runtime.py")
 # target name -> settings over MLServer's defaults (besides ports, host and debug).
@@ -99,21 +98,14 @@ def mlserver_server(name: str, model: str, model_path: str, workdir: str) -> Ite
     folder = write_repository(os.path.join(workdir, name), model, model_path,
                               server_settings(http_port, grpc_port, metrics_port, CONFIGS[name]))
     log_path = os.path.join(workdir, f"{name}-{http_port}.log")
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([exe, "start", folder], stdout=log, stderr=log, env=_env(), cwd=folder)
-    server = Server(name, http_port, f"/v2/models/{model}/infer", proc, ProcessTree(proc.pid), log_path)
     children: list[psutil.Process] = []
     try:
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{server.log_tail()}")
-            return _ready(http_port, model) and port_open(grpc_port)
-
-        wait_for(up, 120, f"{name} to load {model}", interval=0.2)
-        children = server.tree.processes()[1:]
-        yield server, f"127.0.0.1:{grpc_port}"
+        with started_server(name, [exe, "start", folder], _env(), folder, log_path, http_port,
+                            f"/v2/models/{model}/infer", lambda _: _ready(http_port, model) and port_open(grpc_port),
+                            120, f"{name} to load {model}", interval=0.2) as server:
+            children = server.tree.processes()[1:]
+            yield server, f"127.0.0.1:{grpc_port}"
     finally:
-        _stop(proc)
         # MLServer stops its workers itself; any it left behind goes too (psutil.Process
         # checks that the pid is still the process seen at start, not a reused one).
         for child in children:

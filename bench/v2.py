@@ -50,17 +50,16 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from bench.harness import (
     BENCH_DIR,
-    ProcessTree,
     Server,
     _env,
-    _stop,
     ceiling_server,
     cortex_yaml,
+    cortexd_server,
     free_port,
     parse_wrk,
     port_open,
     run_wrk,
-    wait_for,
+    started_server,
 )
 from bench.mlserver_peer import CONFIGS, mlserver_server
 from bench.models import MODELS, build_model, sample
@@ -132,29 +131,17 @@ def measure(server: Server, grpc_target: str | None, cell: str, body: tuple[str,
 @contextlib.contextmanager
 def front_server(model_path: str, workdir: str) -> Iterator[tuple[Server, str]]:
     port, grpc_port = free_port(), free_port()
-    log_path = os.path.join(workdir, f"front-{port}.log")
-    with open(log_path, "ab") as log:
-        command = [sys.executable, os.path.join(BENCH_DIR, "v2_front.py"), model_path,
-                   "--port", str(port), "--grpc-port", str(grpc_port)]
-        proc = subprocess.Popen(command, stdout=log, stderr=log, env=_env(), cwd=workdir)
-    server = Server("front", port, "", proc, ProcessTree(proc.pid), log_path)
-    try:
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"v2_front exited with {proc.returncode}:\n{server.log_tail()}")
-            return port_open(port) and port_open(grpc_port)
-
-        wait_for(up, 120, "the V2 front ends to listen")
+    command = [sys.executable, os.path.join(BENCH_DIR, "v2_front.py"), model_path,
+               "--port", str(port), "--grpc-port", str(grpc_port)]
+    with started_server("front", command, _env(), workdir, os.path.join(workdir, f"front-{port}.log"), port, "",
+                        lambda _: port_open(port) and port_open(grpc_port), 120,
+                        "the V2 front ends to listen") as server:
         yield server, f"127.0.0.1:{grpc_port}"
-    finally:
-        _stop(proc)
 
 
 @contextlib.contextmanager
 def cortexd_v2_server(model: str, model_path: str, workdir: str) -> Iterator[tuple[Server, str | None]]:
     """`cortexd serve --grpc-port P` (without it when this cortexd has no such option yet)."""
-    from bench.harness import cortexd_server
-
     project = os.path.join(workdir, f"project-v2-{model}")
     os.makedirs(project, exist_ok=True)
     with open(os.path.join(project, "cortex.yaml"), "w") as f:
