@@ -16,8 +16,7 @@
 #    what each framework sees; two APIs with gpu: 0.5 on the one card serving a PyTorch
 #    predictor on CUDA, a third asking 0.5 `compute unavailable`; gpu_mem accounting from NVML
 #    against torch's own reading; a replica allocating past its gpu_mem stopped with the
-#    reason; batched vs unbatched throughput of a PyTorch MLP (batched only where `cortexd
-#    validate` accepts server_side_batching). Exit 0 when no step failed.
+#    reason; batched vs unbatched throughput of a PyTorch MLP. Exit 0 when no step failed.
 # 3. Here, without a GPU (tests the script, not the GPU): the same steps over the fake NVML
 #    and PyTorch on the CPU, with .venv's Python (make venv; PyTorch: pip install torch):
 #        scripts/device-check.sh --fake [--out DIR]

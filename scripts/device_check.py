@@ -8,8 +8,7 @@ Steps, each recorded in device-check.json under --out (with a log beside it):
   gpu_oom     the in-replica limit refuses an allocation past gpu_mem (torch's memory fraction);
               a replica that lifts it and allocates past gpu_mem is stopped with the reason,
               and the other API on the card keeps serving
-  throughput  a PyTorch MLP on the GPU, unbatched vs server-side batched (the batched half only
-              where `cortexd validate` accepts server_side_batching)
+  throughput  a PyTorch MLP on the GPU, unbatched vs server-side batched
 
 --fake runs the same steps here, over the fake NVML (CORTEXD_FAKE_GPUS=1, pretend per-process
 memory written by the predictor) and PyTorch on the CPU: it tests the script, not the GPU.
@@ -318,50 +317,18 @@ def gpu_oom(c: Check) -> dict[str, Any]:
     return result
 
 
-BATCH_VARIANTS = [
-    # the seed dialect, in the predictor's section; at the API; Cortex's own RealtimeAPI form
-    """\
+THROUGHPUT_YAML = """\
     - kind: deployment
       name: dc
     - kind: api
       name: batched
-      python: {{predictor: torch_probe.py, server_side_batching: {{max_batch_size: 32, batch_interval: {interval}}}}}
-      compute: {{cpu: 0.25, gpu: 0.5}}
-    """,
-    """\
-    - kind: deployment
-      name: dc
+      python: {predictor: torch_probe.py, server_side_batching: {max_batch_size: 32, batch_interval: 5ms}}
+      compute: {cpu: 0.25, gpu: 0.5}
     - kind: api
-      name: batched
-      python: {{predictor: torch_probe.py}}
-      server_side_batching: {{max_batch_size: 32, batch_interval: {interval}}}
-      compute: {{cpu: 0.25, gpu: 0.5}}
-    """,
-    """\
-    - name: batched
-      kind: RealtimeAPI
-      predictor:
-        type: python
-        path: torch_probe.py
-        server_side_batching: {{max_batch_size: 32, batch_interval: {interval}}}
-      compute: {{cpu: 0.25, gpu: 0.5}}
-    """,
-]
-
-
-def batching_yaml(c: Check) -> str | None:
-    """The first spelling of server_side_batching that `cortexd validate` accepts; None if none."""
-    folder = tempfile.mkdtemp(dir=c.work)
-    with open(os.path.join(folder, "torch_probe.py"), "w") as f:
-        f.write(textwrap.dedent(PREDICTOR))
-    for variant in BATCH_VARIANTS:
-        for interval in ("0.005", "5ms", "0.005s"):
-            text = textwrap.dedent(variant.format(interval=interval))
-            with open(os.path.join(folder, "cortex.yaml"), "w") as f:
-                f.write(text)
-            if c.cortexd("validate", os.path.join(folder, "cortex.yaml")).returncode == 0:
-                return text
-    return None
+      name: plain
+      python: {predictor: torch_probe.py}
+      compute: {cpu: 0.25, gpu: 0.5}
+"""
 
 
 def load(c: Check, path: str, seconds: float, clients: int = 32) -> dict[str, Any]:
@@ -402,32 +369,17 @@ def load(c: Check, path: str, seconds: float, clients: int = 32) -> dict[str, An
 
 
 def throughput(c: Check) -> dict[str, Any]:
-    batched = batching_yaml(c)
-    plain = textwrap.dedent("""\
-        - name: plain
-          kind: api
-          python: {predictor: torch_probe.py}
-          compute: {cpu: 0.25, gpu: 0.5}
-    """)
-    if batched is None:
-        text = "- kind: deployment\n  name: dc\n" + plain
-    elif "RealtimeAPI" in batched:
-        text = batched + plain.replace("kind: api", "kind: RealtimeAPI").replace(
-            "python: {predictor: torch_probe.py}", "predictor: {type: python, path: torch_probe.py}")
-    else:
-        text = batched + plain
-    c.start(text)
-    apis = ["plain"] + (["batched"] if batched else [])
+    c.start(THROUGHPUT_YAML)
+    apis = ["plain", "batched"]
     for api in apis:
         c.wait(c.live(api), 180, f"{api} live")
     seconds = 5 if c.fake else 20
-    result: dict[str, Any] = {"batching_accepted": batched is not None}
+    result: dict[str, Any] = {}
     for api in apis:
         endpoint = c.get(api)["endpoint"]
         c.post(endpoint, SAMPLE)  # warm
         result[api] = load(c, endpoint, seconds)
-    if batched:
-        result["speedup"] = round(result["batched"]["requests_per_s"] / max(result["plain"]["requests_per_s"], 0.1), 2)
+    result["speedup"] = round(result["batched"]["requests_per_s"] / max(result["plain"]["requests_per_s"], 0.1), 2)
     result["ok"] = all(result[api]["requests_per_s"] > 0 for api in apis)
     return result
 
