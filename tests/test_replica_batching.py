@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from cortexd.replica import batching
 from cortexd.replica.main import build_handler
 from cortexd.replica.predictors import PredictorLoadError, load_predictor
 from tests import modelgen
+from tests.test_batching_parity import write
 
 Handler = Any
 
@@ -41,12 +41,6 @@ def send(handle: Handler, bodies: list[Any], queries: list[str] | None = None) -
     status, answer = handle("POST", batchframe.BATCH_PATH, "", frame)
     assert status == 200, answer
     return [(s, json.loads(b)) for s, b in batchframe.decode_answer(answer, expected=len(raw))]
-
-
-def write(tmp: Path, name: str, code: str) -> str:
-    path = tmp / name
-    path.write_text(textwrap.dedent(code))
-    return str(path)
 
 
 # -- Python predictors ------------------------------------------------------------------------
