@@ -34,6 +34,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Never(AssertionError):
+    """Raised by a condition that can no longer come true (the daemon exited): wait_for gives
+    up at once instead of waiting out its timeout."""
+
+
 def wait_for(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -42,6 +47,8 @@ def wait_for(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0
             value = cond()
             if value:
                 return value
+        except Never:
+            raise
         except Exception as exc:  # a daemon still starting refuses connections
             last_exc = exc
         time.sleep(interval)
@@ -200,7 +207,7 @@ class Daemon:
     def _listening(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.stderr()}")
+            raise Never(f"daemon exited with {self.proc.returncode}:\n{self.stderr()}")
         with socket.create_connection(("127.0.0.1", self.port), timeout=1):
             pass
         return os.path.exists(os.path.join(self.runtime_dir, "control.sock"))

@@ -476,7 +476,6 @@ def test_tls(tmp_path: Any) -> None:
 
     cert, key = self_signed(tmp_path)
     daemon = Daemon(project(tmp_path / "project"), str(tmp_path / "d"), args=["--tls-cert", cert, "--tls-key", key])
-    daemon._listening = lambda: os.path.exists(os.path.join(daemon.runtime_dir, "control.sock"))  # type: ignore[method-assign]
     daemon.start()
     try:
         context = ssl.create_default_context(cafile=cert)

@@ -5,7 +5,6 @@ everything else under /v2 and every other gRPC call needs the key."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 from cortexd.v2.pb import inference_pb2 as pb
 from cortexd.v2.pb import inference_pb2_grpc as pb_grpc
 from tests import modelgen
-from tests.daemon_harness import Daemon, free_port, write_project
+from tests.daemon_harness import Daemon, Never, free_port, write_project
 from tests.test_security_access import self_signed
 
 pytestmark = pytest.mark.slow
@@ -71,8 +70,6 @@ def test_the_grpc_port_speaks_tls_with_the_http_ports_certificate(tmp_path: Path
     grpc_port = free_port()
     daemon = Daemon(project(tmp_path), str(tmp_path / "d"),
                     args=["--tls-cert", cert, "--tls-key", key, "--grpc-port", str(grpc_port)])
-    # The harness's readiness probe speaks plain HTTP: wait for the control socket instead.
-    daemon._listening = lambda: os.path.exists(os.path.join(daemon.runtime_dir, "control.sock"))  # type: ignore[method-assign]
     daemon.start()
     try:
         target = f"127.0.0.1:{grpc_port}"
@@ -113,9 +110,8 @@ def test_an_unreadable_tls_key_stops_a_daemon_with_a_grpc_port_at_start(tmp_path
     missing = str(tmp_path / "no-such-key.pem")
     daemon = Daemon(project(tmp_path), str(tmp_path / "d"),
                     args=["--tls-cert", cert, "--tls-key", missing, "--grpc-port", str(free_port())])
-    # It must exit before it listens: start() returns once it has.
-    daemon._listening = lambda: daemon.proc is not None and daemon.proc.poll() is not None  # type: ignore[method-assign]
-    daemon.start(wait_live=False)
+    with pytest.raises(Never, match="daemon exited with 2"):  # before it listens
+        daemon.start(wait_live=False)
     assert daemon.proc is not None and daemon.proc.returncode == 2
     assert f"{missing}: no such file" in daemon.stderr()
 
