@@ -32,6 +32,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Never(RuntimeError):
+    """Raised by a condition that can no longer come true (the server exited, its API failed):
+    wait_for gives up at once instead of waiting out its timeout."""
+
+
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -40,6 +45,8 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float
             value = cond()
             if value:
                 return value
+        except Never:
+            raise
         except Exception as exc:  # servers refuse connections while they start
             last = exc
         time.sleep(interval)
@@ -217,7 +224,7 @@ def started_server(name: str, cmd: list[str], env: dict[str, str], cwd: str, log
     try:
         def up() -> bool:
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{server.log_tail()}")
+                raise Never(f"{name} exited with {proc.returncode}:\n{server.log_tail()}")
             return ready(server)
 
         wait_for(up, timeout, what, interval)
@@ -292,7 +299,7 @@ def cortexd_server(project: str, workdir: str, api: str, replicas: int, extra_en
     def live(server: Server) -> bool:
         view = cli.call(runtime_dir, {"cmd": "get", "api": api})
         if view["status"] in ("error", "error (out of memory)", "compute unavailable"):
-            raise RuntimeError(f"api {api} is {view['status']}: {view.get('reason') or view.get('last_error')}")
+            raise Never(f"api {api} is {view['status']}: {view.get('reason') or view.get('last_error')}")
         if view["status"] == "live" and view["ready"] == replicas:
             server.path = view["endpoint"]
             return True
