@@ -7,7 +7,7 @@ Targets:
   replica, without the daemon. REST only.
 - `front`: bench/v2_front.py, the V2 REST router on Sanic and the gRPC service over one real
   replica process through the real hop: the V2 side of the daemon without its queue,
-  metrics and tracker. Runs before the daemon routes /v2.
+  metrics and tracker.
 - `cortexd`: a real `cortexd serve --grpc-port P` with the model as an ONNX API (1 replica):
   the cells the issue asks for.
 - `mlserver`, `mlserver-w1`: MLServer as the peer, from its own virtual environment
@@ -253,7 +253,7 @@ def grpc_refusal(address: str | None, body_file: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="cortexd V2 cells (issue 17), MLServer beside them")
-    parser.add_argument("--target", default="front", type=lambda s: [t for t in s.split(",") if t],
+    parser.add_argument("--target", default="cortexd", type=lambda s: [t for t in s.split(",") if t],
                         help=f"one or more of {', '.join(TARGETS)}, comma-separated: their rounds interleave "
                              "(e.g. cortexd,mlserver,mlserver-w1)")
     parser.add_argument("--model", default="mlp", choices=sorted(MODELS))

@@ -1,9 +1,9 @@
-"""A stand-in for the daemon's V2 side until it is wired: the V2 REST router on Sanic and the
-gRPC service, over a backend that sends each request to one real replica process over the
-real hop (cortexd's upstream connection), one request at a time, as the daemon's queue does.
+"""The daemon's V2 side without the daemon: the V2 REST router on Sanic and the gRPC service,
+over a backend that sends each request to one real replica process over the real hop
+(cortexd's upstream connection), one request at a time, as the daemon's queue does.
 
-No queue, metrics or tracker: it measures what the V2 front ends and the hop cost, so the V2
-cells can be run before `cortexd serve` routes /v2 (bench/v2.py --target front).
+No queue, metrics or tracker: beside `--target cortexd`, it shows what those cost on the V2
+path (bench/v2.py --target front).
 
     python bench/v2_front.py MODEL.onnx --port 8200 --grpc-port 8201
 """

@@ -1,6 +1,7 @@
 """What the V2 tests stand on: a stand-in for the daemon's side of the seam.
 
-`LoopbackBackend` implements cortexd.v2.backend.V2Backend the way the daemon will: `infer`
+`LoopbackBackend` implements cortexd.v2.backend.V2Backend as the daemon's does, without its
+queue (cortexd/daemon/serving/v2_backend.py): `infer`
 sends the replica request over the real hop (cortexd/daemon/serving/upstream.py) to a
 replica on a Unix socket, which is either the real replica handler in this process
 (`serve_in_process`) or a real replica process (`start_replica_process`). `FrontEnds` runs
